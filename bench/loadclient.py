@@ -1,0 +1,1051 @@
+"""Load client for the dashboard server: runs benchmark scenarios S1-S4 over the WebSocket protocol and checks every result.
+
+It runs in its own process and speaks only the JSON protocol of docs `protocol.md`
+(no Django imports), so it measures the server as a real client sees it.
+
+    .venv/bin/python bench/loadclient.py --url ws://127.0.0.1:8000/ws/ --server-pid PID
+    bench/run.sh uvicorn S1,S2,S3,S4 --smoke      # fresh pinned server + this client
+
+Scenarios (default sizes; --smoke shrinks them to a CI-sized correctness check):
+  S1 latency  10 viewers x {all-metrics, metrics-by-name cpu, metric-count, latest-metrics 10};
+              200 inserts, each waited for.  Insert and push latency, server CPU per insert.
+  S2 fan-out  1,000 viewers (--viewers) on metric-count; 100 inserts paced at 20/s.
+              Push latency, server CPU per insert, server peak RSS.
+  S3 ingest   50 viewers on metric-count + latest-metrics 10; 2,000 inserts, 32 in flight.
+              Acknowledged inserts/s, lag of the viewers' final count behind the last result.
+  S4 large    10,000 preloaded metrics, 10 viewers on all-metrics; 20 inserts, each waited
+              for by the admin and by every viewer.  Push latency, bytes per push, CPU.
+
+Correctness, per run: every viewer ends on the final result, never receives the same result
+twice in a row, never receives a stale (smaller) result, and receives no more pushes than there
+were changes.  Fewer pushes than changes are reported as "coalesced", which the protocol's
+latest-state rule allows.  The exit status is 1 when any check failed.
+
+Push latency is measured from just before the insert is sent to the arrival of the viewer's
+push whose result first reflects it.  Viewer frames are timestamped on arrival and parsed only
+when the stream is quiet, so parsing never delays the timestamps of frames still arriving.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+import traceback
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+JSON = Any
+T = TypeVar("T")
+
+BUCKET = "metrics"
+ADMIN_TOKEN = "admin-token"
+VIEWER_TOKEN = "viewer-token"
+NAMES = ("cpu", "memory", "disk", "network")
+CONNECT_CONCURRENCY = 50
+WELCOME_TIMEOUT_S = 15.0
+REPLY_TIMEOUT_S = 120.0
+# A stream counts as quiet after this long without a new frame; only then are frames parsed.
+QUIET_S = 0.15
+# How long viewers keep listening after the final state, to catch pushes that must not exist.
+LINGER_S = 0.3
+# Time between subscribing and the first write: any push arriving then is spurious.
+SETTLE_S = 0.3
+CLIENT_BOUND_RATIO = 0.8
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+QuerySpec = tuple[str, dict[str, JSON] | None]
+ALL_METRICS: QuerySpec = ("all-metrics", None)
+CPU_METRICS: QuerySpec = ("metrics-by-name", {"name": "cpu"})
+METRIC_COUNT: QuerySpec = ("metric-count", None)
+LATEST_10: QuerySpec = ("latest-metrics", {"n": 10})
+
+
+# --------------------------------------------------------------------------- sizes
+
+
+@dataclass(frozen=True)
+class Sizes:
+    s1_viewers: int = 10
+    s1_inserts: int = 200
+    s2_viewers: int = 1000
+    s2_inserts: int = 100
+    s2_rate: float = 20.0
+    s3_viewers: int = 50
+    s3_inserts: int = 2000
+    s3_window: int = 32
+    s4_preload: int = 10_000
+    s4_batch: int = 500
+    s4_viewers: int = 10
+    s4_inserts: int = 20
+
+
+SMOKE_SIZES = Sizes(
+    s1_viewers=2, s1_inserts=10, s2_viewers=20, s2_inserts=10,
+    s3_viewers=5, s3_inserts=100, s4_preload=500, s4_viewers=2, s4_inserts=3,
+)
+
+
+# --------------------------------------------------------------------------- server process
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """Fields 3.. of /proc/PID/stat (the command name may hold spaces, so split after its ')')."""
+    with open(f"/proc/{pid}/stat") as f:
+        text = f.read()
+    return text[text.rindex(")") + 2 :].split()
+
+
+def process_tree(pid: int) -> list[int]:
+    """PID and its live descendants (a server started with workers forks children)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            parent = int(_stat_fields(int(entry))[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(parent, []).append(int(entry))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, []))
+    return tree
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """User + system CPU of the processes, including their reaped children."""
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = _stat_fields(pid)
+        except OSError:
+            continue  # a worker that exited; its time moved to its parent's cutime
+        ticks += sum(int(value) for value in fields[11:15])  # utime stime cutime cstime
+    return ticks / CLK_TCK
+
+
+def status_kib(pids: Sequence[int], key: str) -> int:
+    """Sum of one /proc/PID/status memory line (VmRSS, VmHWM) over the processes, in KiB."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith(key + ":"):
+                        total += int(line.split()[1])
+                        break
+        except OSError:
+            continue
+    return total
+
+
+def client_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclass
+class PhaseFigures:
+    wall_s: float
+    client_cpu_s: float
+    server_cpu_s: float | None
+    server_peak_rss_mib: float | None
+    server_hwm_mib: float | None
+
+    @property
+    def client_bound(self) -> bool:
+        return self.wall_s > 0 and self.client_cpu_s > CLIENT_BOUND_RATIO * self.wall_s
+
+
+class PhaseMeter:
+    """Wall time, client CPU, server CPU and server peak RSS over one measured phase."""
+
+    def __init__(self, server_pid: int | None) -> None:
+        self.pids = process_tree(server_pid) if server_pid else []
+        self._peak_kib = 0
+        self._poller: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._t0 = time.perf_counter()
+        self._client0 = client_cpu_seconds()
+        self._server0 = cpu_seconds(self.pids) if self.pids else 0.0
+        self._peak_kib = status_kib(self.pids, "VmRSS") if self.pids else 0
+        if self.pids:
+            self._poller = asyncio.create_task(self._poll_rss())
+
+    async def _poll_rss(self) -> None:
+        # VmHWM covers the process's whole life; polling gives the peak of this phase.
+        while True:
+            await asyncio.sleep(0.05)
+            self._peak_kib = max(self._peak_kib, status_kib(self.pids, "VmRSS"))
+
+    def snapshot(self) -> PhaseFigures:
+        has_server = bool(self.pids)
+        return PhaseFigures(
+            wall_s=time.perf_counter() - self._t0,
+            client_cpu_s=client_cpu_seconds() - self._client0,
+            server_cpu_s=cpu_seconds(self.pids) - self._server0 if has_server else None,
+            server_peak_rss_mib=self._peak_kib / 1024 if has_server else None,
+            server_hwm_mib=status_kib(self.pids, "VmHWM") / 1024 if has_server else None,
+        )
+
+    def stop(self) -> None:
+        if self._poller:
+            self._poller.cancel()
+
+
+# --------------------------------------------------------------------------- connection
+
+
+class RequestFailed(Exception):
+    """A request got an error frame, no reply, or a malformed result."""
+
+
+def brief(value: JSON, limit: int = 300) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+    return text if len(text) <= limit else f"{text[:limit]}...({len(text)} chars)"
+
+
+def looks_like_ping(raw: str) -> bool:
+    # Pings must be answered even while frames are recorded unparsed; they are tiny.
+    return len(raw) < 128 and '"ping"' in raw
+
+
+@dataclass
+class Push:
+    t: float
+    sub_id: str
+    data: JSON
+    nbytes: int  # characters of the frame; our JSON is ASCII, so also bytes
+
+
+@dataclass
+class Pending:
+    request: dict[str, JSON]
+    t_sent: float
+    future: asyncio.Future[tuple[float, dict[str, JSON]]]
+
+
+class Conn:
+    """One WebSocket connection: numbered requests, replies matched by id, pushes recorded.
+
+    With `lazy` set, frames are only timestamped and kept raw until `drain()`.
+    """
+
+    def __init__(self, ws: ClientConnection, label: str) -> None:
+        self.ws = ws
+        self.label = label
+        self.lazy = False
+        self.raw: list[tuple[float, str]] = []
+        self.pushes: list[Push] = []
+        self.violations: list[str] = []
+        self._pending: dict[int, Pending] = {}
+        self._next_id = 1
+        self._closing = False
+        self._welcome: asyncio.Future[dict[str, JSON]] = asyncio.get_running_loop().create_future()
+        self._arrival = asyncio.Event()
+        self._background: set[asyncio.Task[None]] = set()
+        self._reader = asyncio.create_task(self._read())
+
+    @classmethod
+    async def open(cls, url: str, origin: str | None, label: str) -> Conn:
+        ws = await connect(
+            url,
+            origin=origin,  # type: ignore[arg-type]
+            max_size=None,  # an all-metrics result of 10,000 records is ~1.8 MB
+            ping_interval=None,  # the protocol has its own heartbeat, answered below
+            compression=None,  # measure the server's work, not deflate's
+            open_timeout=WELCOME_TIMEOUT_S,
+            close_timeout=5,
+        )
+        conn = cls(ws, label)
+        try:
+            welcome = await asyncio.wait_for(asyncio.shield(conn._welcome), WELCOME_TIMEOUT_S)
+        except TimeoutError:
+            await conn.close()
+            raise RequestFailed(f"{label}: no welcome frame within {WELCOME_TIMEOUT_S}s") from None
+        if welcome.get("requiresAuth") is not True or not isinstance(welcome.get("serverTime"), (int, float)):
+            conn.violations.append(f"{label}: unexpected welcome {brief(welcome)}")
+        return conn
+
+    async def _read(self) -> None:
+        try:
+            async for message in self.ws:
+                t = time.perf_counter()
+                if isinstance(message, bytes):
+                    self.violations.append(f"{self.label}: binary frame of {len(message)} bytes")
+                elif self.lazy and not looks_like_ping(message):
+                    self.raw.append((t, message))
+                    self._arrival.set()
+                else:
+                    self._handle(t, message)
+        except ConnectionClosed:
+            pass
+        finally:
+            reason = f"connection closed: code {self.ws.close_code} reason {self.ws.close_reason!r}"
+            if not self._closing:
+                self.violations.append(f"{self.label}: server closed the {reason}")
+            for pending in self._pending.values():
+                if not pending.future.done():
+                    pending.future.set_exception(RequestFailed(f"{self.label}: {reason} awaiting {brief(pending.request)}"))
+            self._pending.clear()
+            if not self._welcome.done():
+                self._welcome.set_exception(RequestFailed(f"{self.label}: {reason} before welcome"))
+            self._arrival.set()
+
+    def _handle(self, t: float, raw: str) -> None:
+        try:
+            frame = json.loads(raw)
+        except ValueError:
+            self.violations.append(f"{self.label}: frame is not JSON: {brief(raw)}")
+            return
+        kind = frame.get("type") if isinstance(frame, dict) else None
+        if not self._welcome.done():
+            if kind == "welcome":
+                self._welcome.set_result(frame)
+                return
+            self.violations.append(f"{self.label}: first frame is not a welcome: {brief(raw)}")
+        if kind == "push":
+            self.pushes.append(Push(t, frame.get("subscriptionId"), frame.get("data"), len(raw)))
+        elif kind in ("result", "error"):
+            self._resolve(t, frame)
+        elif kind == "ping":
+            self._spawn(self.ws.send(json.dumps({"type": "pong", "timestamp": frame.get("timestamp")})))
+        elif kind != "system":  # shutdown notices are allowed; anything else is not in the protocol
+            self.violations.append(f"{self.label}: unexpected frame {brief(raw)}")
+
+    def _resolve(self, t: float, frame: dict[str, JSON]) -> None:
+        frame_id = frame.get("id")
+        if not isinstance(frame_id, (int, float)) or isinstance(frame_id, bool):
+            self.violations.append(f"{self.label}: reply without a numeric id: {brief(frame)}")
+            return
+        pending = self._pending.pop(frame_id, None)  # type: ignore[arg-type]  # 1.0 finds key 1
+        if pending is None:
+            self.violations.append(f"{self.label}: reply to no outstanding request: {brief(frame)}")
+            return
+        oldest = next(iter(self._pending), None)
+        if oldest is not None and oldest < frame_id:
+            self.violations.append(f"{self.label}: reply to id {frame_id} arrived before the reply to id {oldest}")
+        pending.future.set_result((t, frame))
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def drain(self) -> None:
+        """Parse the frames recorded raw, keeping their arrival times."""
+        raw, self.raw = self.raw, []
+        for t, message in raw:
+            self._handle(t, message)
+
+    async def wait_raw(self, count: int, timeout: float) -> None:
+        """Wait until at least `count` raw frames are recorded (lazy mode)."""
+        deadline = time.perf_counter() + timeout
+        while len(self.raw) < count and not self._reader.done():
+            self._arrival.clear()
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                raise RequestFailed(f"{self.label}: push did not arrive within {timeout}s")
+            with contextlib.suppress(TimeoutError):  # the loop re-checks the count and the deadline
+                await asyncio.wait_for(self._arrival.wait(), remaining)
+
+    async def send(self, op: str, **fields: JSON) -> Pending:
+        request: dict[str, JSON] = {"id": self._next_id, "type": op, **fields}
+        self._next_id += 1
+        pending = Pending(request, time.perf_counter(), asyncio.get_running_loop().create_future())
+        self._pending[request["id"]] = pending
+        await self.ws.send(json.dumps(request, separators=(",", ":")))
+        return pending
+
+    async def reply(self, pending: Pending, timeout: float = REPLY_TIMEOUT_S) -> tuple[float, dict[str, JSON]]:
+        try:
+            return await asyncio.wait_for(asyncio.shield(pending.future), timeout)
+        except TimeoutError:
+            raise RequestFailed(f"{self.label}: no reply within {timeout}s to {brief(pending.request)}") from None
+
+    async def call(self, op: str, **fields: JSON) -> JSON:
+        pending = await self.send(op, **fields)
+        _, frame = await self.reply(pending)
+        return result_data(self.label, pending, frame)
+
+    async def close(self) -> None:
+        self._closing = True
+        await self.ws.close()
+        await self._reader
+
+
+def result_data(label: str, pending: Pending, frame: dict[str, JSON]) -> JSON:
+    if frame.get("type") != "result" or "data" not in frame:
+        raise RequestFailed(f"{label}: sent {brief(pending.request)} got {brief(frame)}")
+    return frame["data"]
+
+
+# --------------------------------------------------------------------------- clients
+
+
+@dataclass
+class Subscription:
+    label: str
+    initial: JSON
+
+
+@dataclass
+class Viewer:
+    conn: Conn
+    subs: dict[str, Subscription] = field(default_factory=dict)  # by subscription id
+
+    def pushes(self, label: str) -> list[Push]:
+        ids = {sub_id for sub_id, sub in self.subs.items() if sub.label == label}
+        return [push for push in self.conn.pushes if push.sub_id in ids]
+
+    def state(self, label: str) -> JSON:
+        """The last result this viewer holds for the query."""
+        sub = next(sub for sub in self.subs.values() if sub.label == label)
+        pushes = self.pushes(label)
+        return pushes[-1].data if pushes else sub.initial
+
+
+def spec_label(spec: QuerySpec) -> str:
+    query, params = spec
+    return query if params is None else query + json.dumps(params, separators=(",", ":"))
+
+
+async def bounded_gather(factories: Sequence[Callable[[], Awaitable[T]]], limit: int) -> list[T | BaseException]:
+    gate = asyncio.Semaphore(limit)
+
+    async def run(factory: Callable[[], Awaitable[T]]) -> T:
+        async with gate:
+            return await factory()
+
+    return await asyncio.gather(*(run(factory) for factory in factories), return_exceptions=True)
+
+
+async def open_admin(ctx: Context) -> Conn:
+    conn = await Conn.open(ctx.url, ctx.origin, "admin")
+    await conn.call("auth.login", token=ADMIN_TOKEN)
+    return conn
+
+
+async def open_viewer(ctx: Context, index: int, specs: Sequence[QuerySpec]) -> Viewer:
+    viewer = Viewer(await Conn.open(ctx.url, ctx.origin, f"viewer {index}"))
+    try:
+        await viewer.conn.call("auth.login", token=VIEWER_TOKEN)
+        for spec in specs:
+            query, params = spec
+            fields = {"query": query} if params is None else {"query": query, "params": params}
+            data = await viewer.conn.call("store.subscribe", **fields)
+            if not isinstance(data, dict) or not isinstance(data.get("subscriptionId"), str) or "data" not in data:
+                raise RequestFailed(f"viewer {index}: malformed subscribe result {brief(data)}")
+            viewer.subs[data["subscriptionId"]] = Subscription(spec_label(spec), data["data"])
+    except BaseException:
+        await viewer.conn.close()
+        raise
+    return viewer
+
+
+async def open_viewers(ctx: Context, count: int, specs: Sequence[QuerySpec]) -> list[Viewer]:
+    """Connect, log in and subscribe `count` viewers, a bounded number at a time."""
+    factories = [lambda i=i: open_viewer(ctx, i, specs) for i in range(count)]
+    outcomes = await bounded_gather(factories, CONNECT_CONCURRENCY)
+    viewers = [outcome for outcome in outcomes if isinstance(outcome, Viewer)]
+    errors = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+    if errors:
+        await close_all([viewer.conn for viewer in viewers])
+        raise RequestFailed(f"{len(errors)} of {count} viewers failed to set up; first: {errors[0]!r}")
+    return viewers
+
+
+async def close_all(conns: Sequence[Conn]) -> None:
+    await bounded_gather([conn.close for conn in conns], CONNECT_CONCURRENCY)
+
+
+def metric(i: int) -> dict[str, JSON]:
+    return {"name": NAMES[i % len(NAMES)], "value": float(i % 100) + 0.5, "unit": "%", "timestamp": 1_700_000_000_000 + i * 1000}
+
+
+def inserted_id(label: str, record: JSON, sent: dict[str, JSON]) -> str:
+    """The key of an inserted record, after checking the record is the one sent."""
+    if not isinstance(record, dict) or not isinstance(record.get("id"), str):
+        raise RequestFailed(f"{label}: insert result without a string id: {brief(record)}")
+    if any(record.get(name) != value for name, value in sent.items()) or record.get("_version") != 1:
+        raise RequestFailed(f"{label}: insert of {brief(sent)} returned {brief(record)}")
+    return record["id"]
+
+
+async def reset_bucket(admin: Conn) -> None:
+    cleared = await admin.call("store.clear", bucket=BUCKET)
+    if cleared != {"cleared": True}:
+        raise RequestFailed(f"admin: store.clear returned {brief(cleared)}")
+    # Give the server time to deliver the clear's pushes to any subscriber from an earlier run.
+    await asyncio.sleep(0.2)
+
+
+async def settle(viewers: Sequence[Viewer], lazy: bool = True) -> None:
+    """Let spurious pushes (nothing is written now) arrive, then record frames raw."""
+    await asyncio.sleep(SETTLE_S)
+    for viewer in viewers:
+        viewer.conn.lazy = lazy
+
+
+async def await_final(viewers: Sequence[Viewer], is_final: Callable[[Viewer], bool], meter: PhaseMeter,
+                      timeout: float) -> tuple[bool, PhaseFigures]:
+    """Wait until every viewer holds its final state; return the phase figures at that moment.
+
+    Frames are parsed only once the streams are quiet, so parsing cannot delay the arrival
+    timestamps of frames still coming in.
+    """
+    deadline = time.perf_counter() + timeout
+    seen = -1
+    while True:
+        await asyncio.sleep(QUIET_S)
+        arrived = sum(len(viewer.conn.raw) for viewer in viewers)
+        figures = meter.snapshot()
+        expired = time.perf_counter() > deadline
+        if arrived == seen or expired:
+            for viewer in viewers:
+                viewer.conn.drain()
+            if all(is_final(viewer) for viewer in viewers):
+                return True, figures
+            if expired:
+                return False, figures
+            arrived = 0
+        seen = arrived
+
+
+async def linger(viewers: Sequence[Viewer]) -> None:
+    await asyncio.sleep(LINGER_S)
+    for viewer in viewers:
+        viewer.conn.drain()
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def normalize(data: JSON) -> JSON:
+    """Counts stay numbers; record lists become their keys, which is what identity needs."""
+    if isinstance(data, list):
+        return [record.get("id") if isinstance(record, dict) else record for record in data]
+    return data
+
+
+def size(data: JSON) -> int | None:
+    if isinstance(data, bool):
+        return None
+    if isinstance(data, (int, float)):
+        return int(data)
+    return len(data) if isinstance(data, list) else None
+
+
+def describe(data: JSON) -> str:
+    if isinstance(data, list):
+        return f"list of {len(data)} ending {brief(normalize(data)[-2:], 120)}"
+    return brief(data, 120)
+
+
+def expected_finals(ids: Sequence[str], names: Sequence[str], new: int,
+                    specs: Sequence[QuerySpec]) -> dict[str, tuple[JSON, int]]:
+    """For each query: its expected final (normalized) result and the number of changes the
+    last `new` inserts made to it, i.e. the pushes it gets when nothing is coalesced."""
+    old = len(ids) - new
+    cpu_ids = [key for key, name in zip(ids, names, strict=True) if name == "cpu"]
+    table: dict[str, tuple[JSON, int]] = {
+        spec_label(ALL_METRICS): (list(ids), new),
+        spec_label(CPU_METRICS): (cpu_ids, sum(1 for name in names[old:] if name == "cpu")),
+        spec_label(METRIC_COUNT): (len(ids), new),
+        spec_label(LATEST_10): (list(ids[-10:]), new),
+    }
+    return {spec_label(spec): table[spec_label(spec)] for spec in specs}
+
+
+def check_viewers(viewers: Sequence[Viewer], initial: dict[str, JSON],
+                  finals: dict[str, tuple[JSON, int]]) -> tuple[list[str], list[str], dict[str, int]]:
+    """Apply the latest-state rules to every subscription; return failures, notes and pushes per query."""
+    failures: list[str] = []
+    notes: list[str] = []
+    received: dict[str, int] = {}
+    for viewer in viewers:
+        failures.extend(viewer.conn.violations)
+        known = set(viewer.subs)
+        strays = [push for push in viewer.conn.pushes if push.sub_id not in known]
+        if strays:
+            failures.append(f"{viewer.conn.label}: {len(strays)} pushes for unknown subscriptions, "
+                            f"first {brief(strays[0].sub_id)}")
+        for sub_id, sub in viewer.subs.items():
+            where = f"{viewer.conn.label} {sub.label} ({sub_id})"
+            final, changes = finals[sub.label]
+            pushes = [push for push in viewer.conn.pushes if push.sub_id == sub_id]
+            received[sub.label] = received.get(sub.label, 0) + len(pushes)
+            failures.extend(check_sequence(where, sub, pushes, initial[sub.label], final, changes))
+    for label, (_, changes) in finals.items():
+        expected = changes * len(viewers)
+        got = received.get(label, 0)
+        if got < expected:
+            notes.append(f"{label}: {got} of {expected} pushes (coalesced {expected - got})")
+    return failures, notes, received
+
+
+def check_sequence(where: str, sub: Subscription, pushes: Sequence[Push], initial: JSON, final: JSON, changes: int) -> list[str]:
+    failures = []
+    if normalize(sub.initial) != initial:
+        failures.append(f"{where}: initial result {describe(sub.initial)}, expected {describe(initial)}")
+    grows = not sub.label.startswith("latest-metrics")  # only inserts happen, so these only grow
+    previous = sub.initial
+    for index, push in enumerate(pushes, 1):
+        if push.data == previous:
+            failures.append(f"{where}: push #{index} repeats the previous result {describe(push.data)}")
+        elif grows and (size(push.data) or 0) <= (size(previous) or 0):
+            failures.append(f"{where}: push #{index} is stale: {describe(push.data)} after {describe(previous)}")
+        previous = push.data
+    if normalize(previous) != final:
+        failures.append(f"{where}: missing final state: holds {describe(previous)}, expected {describe(final)}")
+    if len(pushes) > changes:
+        failures.append(f"{where}: {len(pushes)} pushes for {changes} changes")
+    return failures
+
+
+def push_latencies(viewers: Sequence[Viewer], label: str, base: int, sends: Sequence[float]) -> list[float]:
+    """Seconds from sending insert k to each viewer's first push whose size reflects it."""
+    samples = []
+    for viewer in viewers:
+        seen: set[int] = set()
+        for push in viewer.pushes(label):
+            n = size(push.data)
+            k = -1 if n is None else n - base - 1
+            if 0 <= k < len(sends) and k not in seen:
+                seen.add(k)
+                samples.append(push.t - sends[k])
+    return samples
+
+
+def percentile(samples: Sequence[float], q: float) -> float | None:
+    """Linear-interpolated percentile, q in [0, 100]."""
+    if not samples:
+        return None
+    ordered = sorted(samples)
+    rank = (len(ordered) - 1) * q / 100
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
+# --------------------------------------------------------------------------- scenarios
+
+
+@dataclass
+class Context:
+    url: str
+    origin: str | None
+    server_pid: int | None
+    sizes: Sizes
+    timeout: float
+
+
+@dataclass
+class RunResult:
+    scenario: str
+    figures: dict[str, JSON] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    client_bound: bool = False
+
+    def add_phase(self, phase: PhaseFigures, inserts: int) -> None:
+        self.figures.update(
+            phase_s=round(phase.wall_s, 3),
+            client_cpu_s=round(phase.client_cpu_s, 3),
+            client_cpu_ratio=round(phase.client_cpu_s / phase.wall_s, 3) if phase.wall_s else None,
+            server_cpu_s=None if phase.server_cpu_s is None else round(phase.server_cpu_s, 3),
+            server_cpu_ms_per_insert=None if phase.server_cpu_s is None else round(phase.server_cpu_s * 1000 / inserts, 3),
+            server_peak_rss_mib=None if phase.server_peak_rss_mib is None else round(phase.server_peak_rss_mib, 1),
+            server_hwm_mib=None if phase.server_hwm_mib is None else round(phase.server_hwm_mib, 1),
+        )
+        if phase.client_bound:
+            self.client_bound = True
+            self.notes.append(f"client-bound: client CPU {phase.client_cpu_s:.2f}s over a {phase.wall_s:.2f}s phase")
+
+    def add_latencies(self, prefix: str, samples: Sequence[float]) -> None:
+        self.figures[f"{prefix}_p50_ms"] = ms(percentile(samples, 50))
+        self.figures[f"{prefix}_p99_ms"] = ms(percentile(samples, 99))
+        self.figures[f"{prefix}_samples"] = len(samples)
+
+
+class Inserts:
+    """The admin's inserts of one phase: send times, reply times and keys, in request order."""
+
+    def __init__(self, admin: Conn, first_index: int) -> None:
+        self.admin = admin
+        self.first_index = first_index
+        self.pending: list[Pending] = []
+
+    async def send(self) -> Pending:
+        data = metric(self.first_index + len(self.pending))
+        pending = await self.admin.send("store.insert", bucket=BUCKET, data=data)
+        self.pending.append(pending)
+        return pending
+
+    async def collect(self) -> tuple[list[float], list[float], list[str], list[str]]:
+        """Await every reply; return send times, reply times, keys and names."""
+        sends, replies, ids, names = [], [], [], []
+        for pending in self.pending:
+            t_reply, frame = await self.admin.reply(pending)
+            record = result_data("admin", pending, frame)
+            ids.append(inserted_id("admin", record, pending.request["data"]))
+            names.append(pending.request["data"]["name"])
+            sends.append(pending.t_sent)
+            replies.append(t_reply)
+        return sends, replies, ids, names
+
+
+async def scenario(ctx: Context, name: str, body: Callable[[Context, RunResult, Conn, list[Conn]], Awaitable[None]]) -> RunResult:
+    """Run one scenario body with an admin connection, closing every connection afterwards."""
+    result = RunResult(name)
+    conns: list[Conn] = []
+    try:
+        admin = await open_admin(ctx)
+        conns.append(admin)
+        await reset_bucket(admin)
+        await body(ctx, result, admin, conns)
+        result.failures.extend(admin.violations)
+    except (RequestFailed, ConnectionClosed, OSError, TimeoutError) as exc:
+        result.failures.append(f"{name} aborted: {exc}")
+        result.failures.extend(summarize([v for conn in conns for v in conn.violations]))
+    except Exception as exc:  # a malformed reply can break the client's own parsing: report, go on
+        traceback.print_exc()
+        result.failures.append(f"{name} aborted by a client error on unexpected data: {exc!r}")
+        result.failures.extend(summarize([v for conn in conns for v in conn.violations]))
+    finally:
+        await close_all(conns)
+        # Let the server drop this run's subscriptions before the next run writes.
+        await asyncio.sleep(0.5)
+    return result
+
+
+async def run_s1(ctx: Context, result: RunResult, admin: Conn, conns: list[Conn]) -> None:
+    specs = [ALL_METRICS, CPU_METRICS, METRIC_COUNT, LATEST_10]
+    n = ctx.sizes.s1_inserts
+    viewers = await open_viewers(ctx, ctx.sizes.s1_viewers, specs)
+    conns.extend(viewer.conn for viewer in viewers)
+    await settle(viewers)
+
+    meter = PhaseMeter(ctx.server_pid)
+    meter.start()
+    inserts = Inserts(admin, 0)
+    for _ in range(n):
+        await admin.reply(await inserts.send())  # one at a time: wait for each result
+    sends, replies, ids, names = await inserts.collect()
+    finals = expected_finals(ids, names, n, specs)
+    reached, phase = await await_final(viewers, lambda v: holds(v, finals), meter, ctx.timeout)
+    meter.stop()
+    await linger(viewers)
+
+    finish(result, viewers, specs, finals, phase, n, reached, ctx.timeout)
+    result.add_latencies("insert", [r - s for s, r in zip(sends, replies, strict=True)])
+    result.add_latencies("push", push_latencies(viewers, spec_label(METRIC_COUNT), 0, sends))
+
+
+async def run_s2(ctx: Context, result: RunResult, admin: Conn, conns: list[Conn]) -> None:
+    specs = [METRIC_COUNT]
+    n, rate = ctx.sizes.s2_inserts, ctx.sizes.s2_rate
+    viewers = await open_viewers(ctx, ctx.sizes.s2_viewers, specs)
+    conns.extend(viewer.conn for viewer in viewers)
+    await settle(viewers)
+
+    meter = PhaseMeter(ctx.server_pid)
+    meter.start()
+    inserts = Inserts(admin, 0)
+    start = time.perf_counter()
+    for i in range(n):
+        # Paced: send on schedule whatever the replies are doing.
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await inserts.send()
+    sends, replies, ids, names = await inserts.collect()
+    finals = expected_finals(ids, names, n, specs)
+    reached, phase = await await_final(viewers, lambda v: holds(v, finals), meter, ctx.timeout)
+    meter.stop()
+    await linger(viewers)
+
+    finish(result, viewers, specs, finals, phase, n, reached, ctx.timeout)
+    samples = push_latencies(viewers, spec_label(METRIC_COUNT), 0, sends)
+    result.add_latencies("insert", [r - s for s, r in zip(sends, replies, strict=True)])
+    result.add_latencies("push", samples)
+    result.figures["viewers"] = len(viewers)
+    result.figures["send_span_s"] = round(sends[-1] - sends[0], 3)
+    # How far the fan-out fell behind the writer: the last viewer's final count after the last send.
+    result.figures["final_count_lag_ms"] = final_lag_ms(viewers, n, sends[-1])
+
+
+async def run_s3(ctx: Context, result: RunResult, admin: Conn, conns: list[Conn]) -> None:
+    specs = [METRIC_COUNT, LATEST_10]
+    n, window = ctx.sizes.s3_inserts, ctx.sizes.s3_window
+    viewers = await open_viewers(ctx, ctx.sizes.s3_viewers, specs)
+    conns.extend(viewer.conn for viewer in viewers)
+    await settle(viewers)
+
+    meter = PhaseMeter(ctx.server_pid)
+    meter.start()
+    inserts = Inserts(admin, 0)
+    in_flight = asyncio.Semaphore(window)
+    for _ in range(n):
+        await in_flight.acquire()
+        pending = await inserts.send()
+        pending.future.add_done_callback(lambda _: in_flight.release())
+    sends, replies, ids, names = await inserts.collect()
+    finals = expected_finals(ids, names, n, specs)
+    reached, phase = await await_final(viewers, lambda v: holds(v, finals), meter, ctx.timeout)
+    meter.stop()
+    await linger(viewers)
+
+    finish(result, viewers, specs, finals, phase, n, reached, ctx.timeout)
+    last_result = max(replies)
+    result.figures["inserts_per_s"] = round(n / (last_result - sends[0]), 1)
+    result.add_latencies("insert", [r - s for s, r in zip(sends, replies, strict=True)])
+    result.figures["final_count_lag_ms"] = final_lag_ms(viewers, n, last_result)
+    await check_insert_order(admin, ids, result)
+
+
+async def run_s4(ctx: Context, result: RunResult, admin: Conn, conns: list[Conn]) -> None:
+    specs = [ALL_METRICS]
+    sizes = ctx.sizes
+    started = time.perf_counter()
+    preload_ids, preload_names = await preload(admin, sizes.s4_preload, sizes.s4_batch)
+    result.figures["preload_s"] = round(time.perf_counter() - started, 3)
+    viewers = await open_viewers(ctx, sizes.s4_viewers, specs)
+    conns.extend(viewer.conn for viewer in viewers)
+    await settle(viewers)
+
+    n = sizes.s4_inserts
+    meter = PhaseMeter(ctx.server_pid)
+    meter.start()
+    inserts = Inserts(admin, sizes.s4_preload)
+    for _ in range(n):
+        before = [len(viewer.conn.raw) for viewer in viewers]
+        await admin.reply(await inserts.send())
+        # Every viewer's push for this insert must arrive before the next one is sent.
+        waits = [viewer.conn.wait_raw(count + 1, ctx.timeout) for viewer, count in zip(viewers, before, strict=True)]
+        await asyncio.gather(*waits)
+    sends, replies, ids, names = await inserts.collect()
+    finals = expected_finals(preload_ids + ids, preload_names + names, n, specs)
+    reached, phase = await await_final(viewers, lambda v: holds(v, finals), meter, ctx.timeout)
+    meter.stop()
+    await linger(viewers)
+
+    finish(result, viewers, specs, finals, phase, n, reached, ctx.timeout,
+           initial=expected_finals(preload_ids, preload_names, 0, specs))
+    result.add_latencies("insert", [r - s for s, r in zip(sends, replies, strict=True)])
+    result.add_latencies("push", push_latencies(viewers, spec_label(ALL_METRICS), sizes.s4_preload, sends))
+    sizes_seen = [push.nbytes for viewer in viewers for push in viewer.pushes(spec_label(ALL_METRICS))]
+    result.figures["bytes_per_push"] = round(statistics.mean(sizes_seen)) if sizes_seen else None
+
+
+async def preload(admin: Conn, count: int, batch: int) -> tuple[list[str], list[str]]:
+    """Insert `count` metrics in transactions of `batch`; return their keys and names in order."""
+    ids: list[str] = []
+    names: list[str] = []
+    for first in range(0, count, batch):
+        data = [metric(i) for i in range(first, min(first + batch, count))]
+        operations = [{"op": "insert", "bucket": BUCKET, "data": item} for item in data]
+        reply = await admin.call("store.transaction", operations=operations)
+        results = reply.get("results") if isinstance(reply, dict) else None
+        if not isinstance(results, list) or [r.get("index") for r in results] != list(range(len(data))):
+            raise RequestFailed(f"admin: transaction of {len(data)} inserts returned {brief(reply)}")
+        ids.extend(inserted_id("admin", r.get("data"), item) for r, item in zip(results, data, strict=True))
+        names.extend(item["name"] for item in data)
+    return ids, names
+
+
+def holds(viewer: Viewer, finals: dict[str, tuple[JSON, int]]) -> bool:
+    return all(normalize(viewer.state(label)) == final for label, (final, _) in finals.items())
+
+
+def final_lag_ms(viewers: Sequence[Viewer], count: int, since: float) -> float | None:
+    """Milliseconds from `since` until every viewer had received the count `count` (None if one never did)."""
+    arrivals = [next((push.t for push in viewer.pushes(spec_label(METRIC_COUNT)) if push.data == count), None)
+                for viewer in viewers]
+    known = [t for t in arrivals if t is not None]
+    return ms(max(known) - since) if known and len(known) == len(arrivals) else None
+
+
+def finish(result: RunResult, viewers: Sequence[Viewer], specs: Sequence[QuerySpec], finals: dict[str, tuple[JSON, int]],
+           phase: PhaseFigures, inserts: int, reached: bool, timeout: float,
+           initial: dict[str, tuple[JSON, int]] | None = None) -> None:
+    """Record the phase figures and the correctness verdict of every viewer."""
+    if not reached:
+        result.failures.append(f"not every viewer held the final state {timeout:.0f}s after the last insert")
+    if initial is None:
+        initial = expected_finals([], [], 0, specs)
+    failures, notes, received = check_viewers(viewers, {label: value for label, (value, _) in initial.items()}, finals)
+    result.failures.extend(summarize(failures))
+    result.notes.extend(notes)
+    result.add_phase(phase, inserts)
+    for label, count in received.items():
+        result.figures[f"pushes[{label}]"] = count
+        result.figures[f"pushes_expected[{label}]"] = finals[label][1] * len(viewers)
+
+
+async def check_insert_order(admin: Conn, ids: Sequence[str], result: RunResult) -> None:
+    """Pipelined inserts must be stored in request order; `store.last` shows the stored order."""
+    newest = await admin.call("store.last", bucket=BUCKET, n=10)
+    if normalize(newest) != list(ids[-10:]):
+        result.failures.append(f"store.last n=10 gives {brief(normalize(newest))}, "
+                               f"but the last 10 requests inserted {brief(list(ids[-10:]))}")
+
+
+def summarize(failures: Sequence[str], limit: int = 12) -> list[str]:
+    """Keep failure lists readable when a thousand viewers fail the same way."""
+    if len(failures) <= limit:
+        return list(failures)
+    return [*failures[:limit], f"... and {len(failures) - limit} more failures"]
+
+
+SCENARIOS: dict[str, Callable[[Context, RunResult, Conn, list[Conn]], Awaitable[None]]] = {
+    "S1": run_s1, "S2": run_s2, "S3": run_s3, "S4": run_s4,
+}
+
+HEADLINE = {
+    "S1": ["insert_p50_ms", "insert_p99_ms", "push_p50_ms", "push_p99_ms", "server_cpu_ms_per_insert"],
+    "S2": ["push_p50_ms", "push_p99_ms", "server_cpu_ms_per_insert", "server_peak_rss_mib", "final_count_lag_ms",
+           "insert_p99_ms", "viewers"],
+    "S3": ["inserts_per_s", "final_count_lag_ms", "server_cpu_ms_per_insert", "insert_p99_ms"],
+    "S4": ["push_p50_ms", "push_p99_ms", "bytes_per_push", "server_cpu_ms_per_insert", "preload_s"],
+}
+COMMON = ["phase_s", "client_cpu_ratio"]
+
+
+# --------------------------------------------------------------------------- report
+
+
+def median_figures(runs: Sequence[RunResult]) -> dict[str, JSON]:
+    keys = dict.fromkeys(key for run in runs for key in run.figures)
+    medians: dict[str, JSON] = {}
+    for key in keys:
+        values = [run.figures.get(key) for run in runs]
+        numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        medians[key] = round(statistics.median(numbers), 3) if numbers else None
+    return medians
+
+
+def fmt(value: JSON) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.3f}" if abs(value) < 100 else f"{value:,.1f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def report(name: str, runs: Sequence[RunResult], ctx: Context, smoke: bool) -> tuple[list[str], bool]:
+    """Table rows for one scenario, after printing its JSON line; returns (rows, ok)."""
+    medians = median_figures(runs)
+    failures = [f"run {i}: {failure}" for i, run in enumerate(runs, 1) for failure in run.failures]
+    notes = sorted({note for run in runs for note in run.notes})
+    ok = not failures
+    line = {
+        "scenario": name, "ok": ok, "smoke": smoke, "url": ctx.url, "server_pid": ctx.server_pid,
+        "sizes": asdict(ctx.sizes), "runs": len(runs), "median": medians,
+        "per_run": [run.figures for run in runs], "client_bound": any(run.client_bound for run in runs),
+        "failures": failures, "notes": notes,
+    }
+    print("BENCH_JSON " + json.dumps(line, separators=(",", ":")), flush=True)
+    rows = []
+    for key in HEADLINE[name] + COMMON:
+        per_run = " / ".join(fmt(run.figures.get(key)) for run in runs)
+        rows.append(f"{name:<4} {key:<40} {fmt(medians.get(key)):>12}   {per_run if len(runs) > 1 else ''}")
+    for key in medians:
+        if key.startswith("pushes["):
+            label = key[len("pushes["):-1]
+            got = f"{fmt(medians[key])}/{fmt(medians.get(f'pushes_expected[{label}]'))}"
+            rows.append(f"{name:<4} {'pushes got/expected ' + label:<40} {got:>12}")
+    status = "OK" if ok else f"FAIL ({len(failures)})"
+    if line["client_bound"]:
+        status += ", client-bound"
+    rows.append(f"{name:<4} {'status':<40} {status:>12}")
+    rows.extend(f"{name:<4}   note: {note}" for note in notes)
+    rows.extend(f"{name:<4}   FAIL: {failure}" for failure in failures)
+    return rows, ok
+
+
+def raise_fd_limit(needed: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if hard < needed:
+        print(f"warning: open-file limit {hard} is below the {needed} sockets this run needs", file=sys.stderr)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default="ws://127.0.0.1:8000/ws/")
+    parser.add_argument("--origin", default=None,
+                        help="Origin header (default: http(s)://host:port of --url, as a browser sends; '' for none)")
+    parser.add_argument("--server-pid", type=int, default=None, help="server process, for CPU and RSS figures")
+    parser.add_argument("--scenarios", default="S1,S2,S3,S4")
+    parser.add_argument("--runs", type=int, default=None, help="runs per scenario, median reported (default 3; 1 with --smoke)")
+    parser.add_argument("--viewers", type=int, default=None, help="S2 viewers (default 1,000)")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: a correctness check for CI")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the viewers' final state")
+    parser.add_argument("--no-uvloop", action="store_true", help="use the default asyncio event loop")
+    args = parser.parse_args(argv)
+    unknown = [name for name in args.scenarios.split(",") if name not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenarios {unknown}; choose from {list(SCENARIOS)}")
+    return args
+
+
+def default_origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{'https' if parts.scheme == 'wss' else 'http'}://{parts.netloc}"
+
+
+async def main(args: argparse.Namespace) -> int:
+    sizes = SMOKE_SIZES if args.smoke else Sizes()
+    if args.viewers is not None:
+        sizes = Sizes(**{**asdict(sizes), "s2_viewers": args.viewers})
+    origin = default_origin(args.url) if args.origin is None else (args.origin or None)
+    ctx = Context(args.url, origin, args.server_pid, sizes, args.timeout)
+    runs = args.runs or (1 if args.smoke else 3)
+    raise_fd_limit(sizes.s2_viewers + 64)
+
+    table: list[str] = []
+    all_ok = True
+    for name in args.scenarios.split(","):
+        results = []
+        for run in range(1, runs + 1):
+            print(f"{name} run {run}/{runs} ...", file=sys.stderr, flush=True)
+            results.append(await scenario(ctx, name, SCENARIOS[name]))
+        rows, ok = report(name, results, ctx, args.smoke)
+        table.extend(rows)
+        all_ok = all_ok and ok
+
+    print(f"\n{'':<4} {'figure (median of ' + str(runs) + ' runs)':<40} {'value':>12}   per run")
+    print("\n".join(table))
+    print(f"\nresult: {'all checks passed' if all_ok else 'CORRECTNESS FAILURES'}")
+    return 0 if all_ok else 1
+
+
+if __name__ == "__main__":
+    arguments = parse_args()
+    if arguments.no_uvloop:
+        sys.exit(asyncio.run(main(arguments)))
+    try:
+        import uvloop
+    except ImportError:
+        sys.exit(asyncio.run(main(arguments)))
+    sys.exit(uvloop.run(main(arguments)))

@@ -1,0 +1,173 @@
+"""Settings for the dashboard server, read from the environment once at start-up.
+
+Development defaults are safe to run on a laptop (SQLite file, in-memory channel
+layer, demo tokens); a deployment sets DJANGO_SECRET_KEY, DJANGO_DEBUG=0,
+DJANGO_ALLOWED_HOSTS, DATABASE_URL and REDIS_URL. See `.env.example`.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_list(name: str, default: str) -> list[str]:
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+def env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    return default if raw in (None, "") else int(raw)
+
+
+DEBUG = env_bool("DJANGO_DEBUG", True)
+_DEV_SECRET = "dev-only-insecure-secret-key-change-me-in-production-0123456789"
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or _DEV_SECRET
+if not DEBUG and SECRET_KEY == _DEV_SECRET:
+    raise RuntimeError("DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off")
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]" if DEBUG else "")
+
+INSTALLED_APPS = [
+    # daphne first: it provides the ASGI `runserver` used in development.
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "metrics.apps.MetricsConfig",
+    "realtime.apps.RealtimeConfig",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "dashboard_project.urls"
+ASGI_APPLICATION = "dashboard_project.asgi.application"
+WSGI_APPLICATION = None
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------
+# Connections are kept open: reconnecting on every thread hop cost a third of
+# the insert throughput in our measurements (notes/fanout-measurements.md).
+DATABASE_URL = os.environ.get("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}"
+_db = dj_database_url.parse(DATABASE_URL, conn_max_age=600, conn_health_checks=True)
+if _db["ENGINE"] == "django.db.backends.sqlite3":
+    _db["OPTIONS"] = {
+        # Several processes may write one file: take the write lock at BEGIN and
+        # wait for it instead of failing with "database is locked".
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+    _db["TEST"] = {"NAME": os.environ.get("DJANGO_TEST_SQLITE_NAME") or None}
+DATABASES = {"default": _db}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Channel layer --------------------------------------------------------
+# Group membership is refreshed by the fan-out hub, and the expiry is raised so
+# that a long-running server never silently leaves its change group.
+REDIS_URL = os.environ.get("REDIS_URL", "")
+CHANNEL_GROUP_EXPIRY = 7 * 24 * 3600
+CHANNEL_CAPACITY = env_int("DASHBOARD_CHANNEL_CAPACITY", 10_000)
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                # socket_timeout None: redis-py 8 otherwise drops idle blocking
+                # receives every few seconds (channels_redis issue 422).
+                "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
+                "group_expiry": CHANNEL_GROUP_EXPIRY,
+                "capacity": CHANNEL_CAPACITY,
+                "expiry": 60,
+            },
+        }
+    }
+else:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels.layers.InMemoryChannelLayer",
+            "CONFIG": {"group_expiry": CHANNEL_GROUP_EXPIRY, "capacity": CHANNEL_CAPACITY},
+        }
+    }
+
+# Daphne's limit applies to outgoing frames too (a 10,000-metric result is
+# ~1.8 MB), so the transport limit is high and the protocol's incoming limit
+# is enforced by the consumer (DASHBOARD["MAX_FRAME_BYTES"]).
+DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE = 256 * 1024 * 1024
+DAPHNE_WEBSOCKET_MAX_FRAME_SIZE = 256 * 1024 * 1024
+
+# --- Dashboard protocol ---------------------------------------------------
+DASHBOARD = {
+    # Dotted paths, so a deployment can replace token validation and the
+    # permission rule without touching the consumer.
+    "TOKEN_VALIDATOR": os.environ.get("DASHBOARD_TOKEN_VALIDATOR", "realtime.auth.validate_demo_token"),
+    "PERMISSION_CHECK": os.environ.get("DASHBOARD_PERMISSION_CHECK", "realtime.permissions.check"),
+    # The seed's demo tokens work out of the box in development only.
+    "DEMO_TOKENS": env_bool("DASHBOARD_DEMO_TOKENS", DEBUG),
+    "MAX_FRAME_BYTES": env_int("DASHBOARD_MAX_FRAME_BYTES", 1024 * 1024),
+    "HEARTBEAT_SECONDS": float(os.environ.get("DASHBOARD_HEARTBEAT_SECONDS", "30")),
+    "MAX_SUBSCRIPTIONS_PER_CONNECTION": env_int("DASHBOARD_MAX_SUBSCRIPTIONS", 100),
+    # Largest `n` / `limit` a request may ask for.
+    "MAX_RESULT_LIMIT": env_int("DASHBOARD_MAX_RESULT_LIMIT", 100_000),
+    "MAX_TRANSACTION_OPERATIONS": env_int("DASHBOARD_MAX_TRANSACTION_OPERATIONS", 1000),
+    "SHUTDOWN_GRACE_MS": env_int("DASHBOARD_SHUTDOWN_GRACE_MS", 1000),
+}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("DJANGO_LOG_LEVEL", "INFO")},
+}

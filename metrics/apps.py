@@ -1,0 +1,12 @@
+"""App config for the data layer: connects the model signals that report changes."""
+from django.apps import AppConfig
+
+
+class MetricsConfig(AppConfig):
+    name = "metrics"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from . import changes
+
+        changes.connect_model_signals()

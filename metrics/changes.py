@@ -1,0 +1,80 @@
+"""Reports committed changes to the store through one signal, `records_changed`.
+
+Every write path ends here: the services, the Django admin and a shell all
+save through the models, whose post_save/post_delete signals note the change;
+bulk deletes note it themselves. Changes made in one transaction are gathered
+and sent once, after commit, so a transaction is one change and a rollback
+sends nothing. Receivers (the realtime fan-out) run in the committing thread.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import connection, transaction
+from django.db.models.signals import post_delete, post_save
+from django.dispatch import Signal
+
+# Sent with `changes`: {bucket name: sorted list of changed keys, or None when
+# the whole bucket changed (a clear, or too many keys to list)}.
+records_changed = Signal()
+
+MAX_KEYS_PER_BUCKET = 100
+
+
+class ChangeSet:
+    def __init__(self) -> None:
+        self.buckets: dict[str, set[str] | None] = {}
+
+    def add(self, bucket: str, key: str | None) -> None:
+        if key is None:
+            self.buckets[bucket] = None
+            return
+        keys = self.buckets.setdefault(bucket, set())
+        if keys is not None:
+            keys.add(key)
+            if len(keys) > MAX_KEYS_PER_BUCKET:
+                self.buckets[bucket] = None
+
+    def summary(self) -> dict[str, list[str] | None]:
+        return {b: (None if keys is None else sorted(keys)) for b, keys in self.buckets.items()}
+
+    def publish(self) -> None:
+        records_changed.send(sender=ChangeSet, changes=self.summary())
+
+
+def note_change(bucket: str, key: str | None) -> None:
+    """Record that `bucket` (the record `key`, or all of it) changed."""
+    if not connection.in_atomic_block:
+        # Autocommit: the write is already committed.
+        single = ChangeSet()
+        single.add(bucket, key)
+        single.publish()
+        return
+    pending: ChangeSet | None = getattr(connection, "_dashboard_changes", None)
+    if pending is None or not _scheduled(pending):
+        # First change of this transaction (or the previous one's set was
+        # published or discarded by a rollback).
+        pending = ChangeSet()
+        connection._dashboard_changes = pending  # type: ignore[attr-defined]
+        transaction.on_commit(pending.publish)
+    pending.add(bucket, key)
+
+
+def _scheduled(pending: ChangeSet) -> bool:
+    # Django keeps (savepoint ids, callback, robust) tuples here and drops those
+    # of rolled-back savepoints, so this says whether the set will be sent.
+    return any(entry[1] == pending.publish for entry in connection.run_on_commit)
+
+
+def _on_save(sender: Any, instance: Any, **kwargs: Any) -> None:
+    from .schema import BUCKET_BY_MODEL
+
+    note_change(BUCKET_BY_MODEL[sender].name, instance.key)
+
+
+def connect_model_signals() -> None:
+    from .schema import BUCKET_BY_MODEL
+
+    for model in BUCKET_BY_MODEL:
+        post_save.connect(_on_save, sender=model, dispatch_uid=f"dashboard-save-{model.__name__}")
+        post_delete.connect(_on_save, sender=model, dispatch_uid=f"dashboard-delete-{model.__name__}")

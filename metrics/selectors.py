@@ -1,0 +1,105 @@
+"""Reads of the store: plain lists of records and numbers, never QuerySets.
+
+Every read that returns records goes through `records.load`, so a record's
+dict (and its JSON encoding) is shared between evaluations while it is
+unchanged.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import Avg, Max, Min, QuerySet, Sum
+
+from . import records
+from .errors import NOT_FOUND, VALIDATION_ERROR, StoreError, invalid_field
+from .filters import compile_filter
+from .records import Record
+from .schema import BUCKETS, BucketSchema, json_number
+
+
+def _queryset(bucket: BucketSchema, filter_spec: Any = None) -> QuerySet:
+    qs = bucket.model.objects.all()
+    if filter_spec is not None:
+        qs = qs.filter(compile_filter(bucket, filter_spec))
+    return qs
+
+
+def _load(bucket: BucketSchema, qs: QuerySet) -> list[Record]:
+    return records.load(bucket, list(qs.values_list("seq", "version")))
+
+
+def record_get(*, bucket: BucketSchema, key: str) -> Record | None:
+    found = _load(bucket, _queryset(bucket).filter(key=key))
+    return found[0] if found else None
+
+
+def record_all(*, bucket: BucketSchema) -> list[Record]:
+    return _load(bucket, _queryset(bucket).order_by("seq"))
+
+
+def record_where(*, bucket: BucketSchema, filter: Any) -> list[Record]:
+    return _load(bucket, _queryset(bucket, filter).order_by("seq"))
+
+
+def record_find_one(*, bucket: BucketSchema, filter: Any) -> Record | None:
+    found = _load(bucket, _queryset(bucket, filter).order_by("seq")[:1])
+    return found[0] if found else None
+
+
+def record_count(*, bucket: BucketSchema, filter: Any = None) -> int:
+    return _queryset(bucket, filter).count()
+
+
+def record_first(*, bucket: BucketSchema, n: int) -> list[Record]:
+    return _load(bucket, _queryset(bucket).order_by("seq")[:n])
+
+
+def record_last(*, bucket: BucketSchema, n: int) -> list[Record]:
+    """The newest n records, oldest first."""
+    newest = list(_queryset(bucket).order_by("-seq").values_list("seq", "version")[:n])
+    newest.reverse()
+    return records.load(bucket, newest)
+
+
+def record_paginate(*, bucket: BucketSchema, limit: int, after: str | None = None) -> dict[str, Any]:
+    qs = _queryset(bucket).order_by("seq")
+    if after is not None:
+        cursor = bucket.model.objects.filter(key=after).values_list("seq", flat=True).first()
+        if cursor is None:
+            # The cursor's record is gone: nothing can be placed after it.
+            raise StoreError(NOT_FOUND, f'Cursor "{after}" not found in bucket "{bucket.name}"')
+        qs = qs.filter(seq__gt=cursor)
+    page = _load(bucket, qs[: limit + 1])
+    has_more = len(page) > limit
+    page = page[:limit]
+    result: dict[str, Any] = {"records": page, "hasMore": has_more}
+    if page:
+        result["nextCursor"] = page[-1][bucket.key_field]
+    return result
+
+
+AGGREGATES = {"sum": Sum, "avg": Avg, "min": Min, "max": Max}
+
+
+def record_aggregate(*, bucket: BucketSchema, op: str, field: Any, filter: Any = None) -> Any:
+    if not isinstance(field, str) or not field:
+        raise invalid_field("field", "non-empty string")
+    column = bucket.column(field)
+    if column is None or bucket.field_type(field) != "number":
+        raise StoreError(
+            VALIDATION_ERROR, f'Field "{field}" of bucket "{bucket.name}" is not a number field'
+        )
+    value = _queryset(bucket, filter).aggregate(result=AGGREGATES[op](column))["result"]
+    if value is None:
+        return 0 if op in ("sum", "avg") else None
+    return json_number(float(value))
+
+
+def bucket_names() -> dict[str, Any]:
+    names = list(BUCKETS)
+    return {"count": len(names), "names": names}
+
+
+def bucket_record_counts() -> dict[str, int]:
+    return {name: b.model.objects.count() for name, b in BUCKETS.items()}
+

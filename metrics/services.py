@@ -1,0 +1,132 @@
+"""Writes to the store. Each service is one `transaction.atomic()` and returns
+plain records; changes reach subscribers through `changes`, after commit."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from django.db import IntegrityError, connection, transaction
+
+from . import selectors
+from .changes import note_change
+from .errors import CONFLICT, NOT_FOUND, StoreError
+from .records import Record, from_instance
+from .schema import BucketSchema, validate_insert, validate_update
+
+
+def _key_text(key: Any) -> str:
+    return key if isinstance(key, str) else str(key)
+
+
+def _insert(bucket: BucketSchema, data: dict[str, Any]) -> Record:
+    columns = validate_insert(bucket, data)
+    instance = bucket.model(**columns)
+    try:
+        instance.save(force_insert=True)
+    except IntegrityError:
+        # The only unique column is the key. Raising aborts the surrounding
+        # atomic block, so PostgreSQL's failed-transaction state never leaks.
+        key = columns["key"]
+        raise StoreError(
+            CONFLICT,
+            f'Record with key "{key}" already exists in bucket "{bucket.name}"',
+            {"bucket": bucket.name, "key": key},
+        ) from None
+    return from_instance(bucket, instance)
+
+
+def _not_found(bucket: BucketSchema, key: Any) -> StoreError:
+    return StoreError(NOT_FOUND, f'Record with key "{_key_text(key)}" not found in bucket "{bucket.name}"')
+
+
+def _update(bucket: BucketSchema, key: Any, data: dict[str, Any]) -> Record:
+    if not isinstance(key, str):
+        raise _not_found(bucket, key)
+    columns = validate_update(bucket, key, data)
+    instance = bucket.model.objects.select_for_update().filter(key=key).first()
+    if instance is None:
+        raise _not_found(bucket, key)
+    for column, value in columns.items():
+        setattr(instance, column, value)
+    instance.save()
+    return from_instance(bucket, instance)
+
+
+def _delete(bucket: BucketSchema, key: Any) -> dict[str, bool]:
+    if isinstance(key, str):
+        instance = bucket.model.objects.filter(key=key).first()
+        if instance is not None:
+            instance.delete()
+    # Deleting a missing key is not an error, as in the reference server.
+    return {"deleted": True}
+
+
+def _clear(bucket: BucketSchema) -> dict[str, bool]:
+    # One DELETE instead of Django's per-row collector, which would load every
+    # row to send post_delete; the change is noted once for the whole bucket.
+    table = connection.ops.quote_name(bucket.model._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(f"DELETE FROM {table}")  # table name from the model, not the client
+    note_change(bucket.name, None)
+    return {"cleared": True}
+
+
+def record_insert(*, bucket: BucketSchema, data: dict[str, Any]) -> Record:
+    with transaction.atomic():
+        return _insert(bucket, data)
+
+
+def record_update(*, bucket: BucketSchema, key: Any, data: dict[str, Any]) -> Record:
+    with transaction.atomic():
+        return _update(bucket, key, data)
+
+
+def record_delete(*, bucket: BucketSchema, key: Any) -> dict[str, bool]:
+    with transaction.atomic():
+        return _delete(bucket, key)
+
+
+def bucket_clear(*, bucket: BucketSchema) -> dict[str, bool]:
+    with transaction.atomic():
+        return _clear(bucket)
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One validated operation of a `store.transaction`."""
+
+    op: str
+    bucket: BucketSchema
+    args: dict[str, Any]
+
+
+TRANSACTION_OPS: dict[str, Callable[..., Any]] = {
+    "get": lambda b, a: selectors.record_get(bucket=b, key=a["key"]),
+    "insert": lambda b, a: _insert(b, a["data"]),
+    "update": lambda b, a: _update(b, a["key"], a["data"]),
+    "delete": lambda b, a: _delete(b, a["key"]),
+    "where": lambda b, a: selectors.record_where(bucket=b, filter=a["filter"]),
+    "findOne": lambda b, a: selectors.record_find_one(bucket=b, filter=a["filter"]),
+    "count": lambda b, a: selectors.record_count(bucket=b, filter=a.get("filter")),
+}
+
+
+class OperationFailed(StoreError):
+    """A transaction operation failed; carries its index for the log."""
+
+    def __init__(self, index: int, error: StoreError) -> None:
+        super().__init__(error.code, error.message, error.details)
+        self.index = index
+
+
+def transaction_run(*, operations: list[Operation]) -> dict[str, Any]:
+    """All or nothing: the first failing operation rolls everything back."""
+    results: list[dict[str, Any]] = []
+    with transaction.atomic():
+        for index, operation in enumerate(operations):
+            try:
+                data = TRANSACTION_OPS[operation.op](operation.bucket, operation.args)
+            except StoreError as error:
+                raise OperationFailed(index, error) from error
+            results.append({"index": index, "data": data})
+    return {"results": results}

@@ -1,0 +1,64 @@
+"""Sessions and token validation.
+
+`settings.DASHBOARD["TOKEN_VALIDATOR"]` names the function that turns a token
+into a Session (or None when unknown); a deployment replaces it without
+touching the consumer.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Callable
+
+from django.conf import settings
+from django.utils.module_loading import import_string
+
+from .errors import UNAUTHORIZED, ProtocolError
+
+
+@dataclass(frozen=True)
+class Session:
+    user_id: str
+    roles: tuple[str, ...]
+    expires_at: int | None = None  # ms since epoch
+    # What revocation matches against (e.g. a token id); not sent to clients.
+    token_id: str | None = field(default=None, compare=False)
+
+    def expired(self, now_ms: int | None = None) -> bool:
+        if self.expires_at is None:
+            return False
+        return (now_ms if now_ms is not None else int(time.time() * 1000)) >= self.expires_at
+
+    def as_login_result(self) -> dict:
+        return {"userId": self.user_id, "roles": list(self.roles), "expiresAt": self.expires_at}
+
+
+class TokenExpired(ProtocolError):
+    def __init__(self) -> None:
+        super().__init__(UNAUTHORIZED, "Token has expired")
+
+
+TokenValidator = Callable[[str], "Session | None"]
+
+DEMO_SESSIONS = {
+    "admin-token": Session(user_id="admin-1", roles=("admin",)),
+    "viewer-token": Session(user_id="viewer-1", roles=("viewer",)),
+}
+
+
+def validate_demo_token(token: str) -> Session | None:
+    """The seed's demo tokens, only when DASHBOARD["DEMO_TOKENS"] is on."""
+    if not settings.DASHBOARD["DEMO_TOKENS"]:
+        return None
+    return DEMO_SESSIONS.get(token)
+
+
+@lru_cache(maxsize=None)
+def _validator(path: str) -> TokenValidator:
+    return import_string(path)
+
+
+def validate_token(token: str) -> Session | None:
+    """Runs the configured validator; may raise TokenExpired. Called in a worker thread."""
+    return _validator(settings.DASHBOARD["TOKEN_VALIDATOR"])(token)

@@ -1,0 +1,240 @@
+"""The WebSocket consumer: parses frames, routes them through the action
+table, and writes replies and pushes through one ordered outbox."""
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+import time
+from typing import Any
+
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+
+from . import frames
+from .actions import ACTIONS, Context, Encoded
+from .auth import Session
+from .errors import (
+    CLOSE_TOO_BIG,
+    CLOSE_UNSUPPORTED_DATA,
+    FORBIDDEN,
+    INTERNAL_ERROR,
+    UNAUTHORIZED,
+    UNKNOWN_OPERATION,
+    ProtocolError,
+    StoreError,
+)
+from .fanout import Hub, Subscription, get_hub
+from .permissions import is_allowed
+
+logger = logging.getLogger(__name__)
+
+# Subscription ids are unique within the process, so one connection can never
+# name another's subscription by accident.
+_subscription_ids = itertools.count(1)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class PushSlot:
+    """A queued push; a newer result for the same subscription replaces it."""
+
+    __slots__ = ("subscription", "frame")
+
+    def __init__(self, subscription: Subscription, frame: str) -> None:
+        self.subscription = subscription
+        self.frame = frame
+
+
+class DashboardConsumer(AsyncWebsocketConsumer):
+    # No per-consumer channel-layer channel: changes reach consumers through
+    # the process's hub, never through one layer message per viewer.
+    channel_layer_alias = "__dashboard_no_layer__"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.session: Session | None = None
+        self.subscriptions: dict[str, Subscription] = {}
+        self.hub: Hub | None = None
+        self.outbox: collections.deque[str | PushSlot] = collections.deque()
+        self.queued_pushes: dict[str, PushSlot] = {}
+        self.outbox_ready = asyncio.Event()
+        self.writer: asyncio.Task | None = None
+        self.closed = False
+        self.awaiting_pong = False
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # Channels runs close_old_connections in a thread hop before every
+        # message; our database work already does that in the database thread
+        # (database_sync_to_async), so the extra hop per frame is skipped.
+        handler = {
+            "websocket.connect": self.websocket_connect,
+            "websocket.receive": self.websocket_receive,
+            "websocket.disconnect": self.websocket_disconnect,
+        }.get(message["type"])
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
+
+    # --- connection lifecycle ------------------------------------------------
+
+    async def connect(self) -> None:
+        self.hub = get_hub()
+        await self.hub.start()
+        await self.accept()
+        self.writer = asyncio.create_task(self._write_outbox())
+        self.hub.connections.add(self)
+        self.enqueue(frames.welcome_frame(now_ms()))
+
+    async def disconnect(self, code: int) -> None:
+        self.closed = True
+        for subscription in self.subscriptions.values():
+            self.hub.unsubscribe(subscription)
+        self.subscriptions.clear()
+        if self.hub is not None:
+            self.hub.connections.discard(self)
+        if self.writer is not None:
+            self.writer.cancel()
+
+    async def close_with(self, code: int, reason: str) -> None:
+        if not self.closed:
+            self.closed = True
+            await self.close(code=code, reason=reason)
+
+    # --- incoming frames -----------------------------------------------------
+
+    async def websocket_receive(self, message: dict[str, Any]) -> None:
+        if self.closed:
+            return
+        text = message.get("text")
+        if text is None:
+            await self.close_with(CLOSE_UNSUPPORTED_DATA, "binary_not_supported")
+            return
+        limit = settings.DASHBOARD["MAX_FRAME_BYTES"]
+        if len(text) > limit // 4 and len(text.encode("utf-8", "surrogatepass")) > limit:
+            await self.close_with(CLOSE_TOO_BIG, "message_too_large")
+            return
+        await self.handle_text(text)
+
+    async def handle_text(self, text: str) -> None:
+        try:
+            request = frames.parse(text)
+        except ProtocolError as error:
+            self.enqueue(frames.error_frame(0, error.code, error.message))
+            return
+        if request is frames.PONG:
+            self.awaiting_pong = False
+            return
+        try:
+            data = await self.run(request)
+        except StoreError as error:
+            self.enqueue(frames.error_frame(request.id, error.code, error.message, error.details))
+            return
+        except Exception:
+            logger.exception("request %r failed", request.type)
+            self.enqueue(frames.error_frame(request.id, INTERNAL_ERROR, "Internal server error"))
+            return
+        data_json = data if isinstance(data, Encoded) else frames.encode(data)
+        self.enqueue(frames.result_frame(request.id, data_json))
+
+    async def run(self, request: frames.Request) -> Any:
+        action = ACTIONS.get(request.type)
+        if action is None:
+            raise ProtocolError(UNKNOWN_OPERATION, unknown_operation_message(request.type))
+        if action.needs_session:
+            session = self.current_session()
+            resource = resource_of(request.body, action.resource_field)
+            if not is_allowed(session, request.type, resource):
+                raise ProtocolError(FORBIDDEN, f"No permission for {request.type} on {resource}")
+        return await action.handler(Context(self, request.type, request.body))
+
+    def current_session(self) -> Session:
+        session = self.session
+        if session is None:
+            raise ProtocolError(UNAUTHORIZED, "Authentication required")
+        if session.expired():
+            self.session = None
+            raise ProtocolError(UNAUTHORIZED, "Session expired")
+        return session
+
+    # --- subscriptions ---------------------------------------------------------
+
+    def next_subscription_id(self) -> str:
+        return f"sub-{next(_subscription_ids)}"
+
+    def register(self, subscription: Subscription) -> None:
+        self.subscriptions[subscription.subscription_id] = subscription
+
+    def unsubscribe(self, subscription_id: str) -> bool:
+        subscription = self.subscriptions.pop(subscription_id, None)
+        if subscription is None:
+            return False
+        self.hub.unsubscribe(subscription)
+        slot = self.queued_pushes.pop(subscription_id, None)
+        if slot is not None:
+            slot.frame = ""  # dropped by the writer
+        return True
+
+    def may_receive(self, subscription: Subscription) -> bool:
+        """Permission checked again before delivery: sessions change and expire."""
+        session = self.session
+        if session is None or session.expired():
+            return False
+        return is_allowed(session, "store.subscribe", subscription.live.query.name)
+
+    # --- outgoing frames ----------------------------------------------------------
+
+    def enqueue(self, frame: str) -> None:
+        self.outbox.append(frame)
+        self.outbox_ready.set()
+
+    def deliver_push(self, subscription: Subscription, frame: str) -> None:
+        """Called by the hub; never awaits, so fan-out never waits on a client."""
+        if self.closed or not self.may_receive(subscription):
+            return
+        slot = self.queued_pushes.get(subscription.subscription_id)
+        if slot is not None:
+            slot.frame = frame  # not sent yet: only the newest result matters
+            return
+        slot = PushSlot(subscription, frame)
+        self.queued_pushes[subscription.subscription_id] = slot
+        self.outbox.append(slot)
+        self.outbox_ready.set()
+
+    async def _write_outbox(self) -> None:
+        outbox = self.outbox
+        while True:
+            await self.outbox_ready.wait()
+            self.outbox_ready.clear()
+            while outbox:
+                item = outbox.popleft()
+                if isinstance(item, PushSlot):
+                    if self.queued_pushes.get(item.subscription.subscription_id) is item:
+                        del self.queued_pushes[item.subscription.subscription_id]
+                    if not item.frame:
+                        continue
+                    item = item.frame
+                try:
+                    await self.send(text_data=item)
+                except Exception:
+                    # The client is gone; disconnect() cleans up.
+                    logger.debug("send failed on a closing connection", exc_info=True)
+                    return
+
+
+def resource_of(body: dict[str, Any], field: str | None) -> str:
+    if field is None:
+        return "*"
+    value = body.get(field)
+    return value if isinstance(value, str) else "*"
+
+
+def unknown_operation_message(operation: str) -> str:
+    if operation.startswith("store."):
+        return f'Unknown store operation "{operation}"'
+    if operation.startswith("auth."):
+        return f'Unknown auth operation "{operation}"'
+    return f'Unknown operation "{operation}"'

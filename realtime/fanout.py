@@ -1,0 +1,229 @@
+"""Per-process fan-out of store changes to live subscriptions.
+
+Each server process runs one Hub. After a commit, `publish_change` sends one
+small message (bucket names and at most a few keys) to the channel-layer group
+that every process's hub joins once. A hub that receives it re-evaluates each
+distinct (query, params) its own clients subscribe to, once, encodes each
+result once, and hands the ready push frame to the subscriptions whose last
+result differs. Channel-layer traffic per change is one message per process,
+whatever the number of viewers (see docs/fanout.md for the design and costs).
+
+Changes that arrive while an evaluation runs are merged into the next one,
+so under a burst a subscription may skip intermediate results but always gets
+the result after the last change (the protocol's latest-state guarantee).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+
+from .frames import encode, push_frame
+from .queries import QueryDef, QueryStore
+
+if TYPE_CHECKING:
+    from .consumer import DashboardConsumer
+
+logger = logging.getLogger(__name__)
+
+CHANGES_GROUP = "dashboard.changes"
+CHANGED_MESSAGE = "store.changed"
+# Re-join the group well before the layer's group expiry could drop us.
+GROUP_REFRESH_SECONDS = 3600
+
+
+def publish_change(sender: Any, changes: dict[str, list[str] | None], **kwargs: Any) -> None:
+    """`records_changed` receiver: runs in the committing thread, after commit."""
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    message = {"type": CHANGED_MESSAGE, "changes": changes, "origin": os.getpid()}
+    try:
+        async_to_sync(layer.group_send)(CHANGES_GROUP, message)
+    except Exception:
+        # The write is committed; failing it now would lie to the writer.
+        # Subscribers recover on their next change or by resubscribing.
+        logger.exception("could not publish a store change to the channel layer")
+
+
+@dataclass(eq=False)
+class Subscription:
+    consumer: "DashboardConsumer"
+    subscription_id: str
+    live: "LiveQuery"
+    last_json: str
+
+
+@dataclass(eq=False)
+class LiveQuery:
+    query: QueryDef
+    params: dict[str, Any]
+    key: tuple[str, str]
+    buckets: set[str] = field(default_factory=set)
+    subscriptions: dict[int, Subscription] = field(default_factory=dict)
+    evaluations: int = 0
+
+
+def evaluate(live: LiveQuery) -> str:
+    """The query's current result as JSON; runs in the database thread."""
+    store = QueryStore()
+    result = live.query.function(store, live.params)
+    live.buckets = store.buckets_read
+    live.evaluations += 1
+    return encode(result)
+
+
+def _evaluate_all(lives: list[LiveQuery]) -> list[str | BaseException]:
+    results: list[str | BaseException] = []
+    for live in lives:
+        try:
+            results.append(evaluate(live))
+        except Exception as error:  # one broken query must not stop the others
+            logger.exception("evaluating query %s failed", live.query.name)
+            results.append(error)
+    return results
+
+
+class Hub:
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.live: dict[tuple[str, str], LiveQuery] = {}
+        self.connections: set[DashboardConsumer] = set()
+        self.pending: set[str] = set()
+        self.wakeup = asyncio.Event()
+        # Serializes every read that feeds a subscription (initial results
+        # and re-evaluations), so no push can carry an older result than one a
+        # subscription already has.
+        self.lock = asyncio.Lock()
+        self.channel_name: str | None = None
+        self.tasks: list[asyncio.Task] = []
+        self.changes_received = 0
+        self.rounds = 0
+        self._started = False
+        self._starting = asyncio.Lock()
+
+    async def start(self) -> None:
+        async with self._starting:
+            if self._started:
+                return
+            layer = get_channel_layer()
+            self.channel_name = await layer.new_channel("dashboard.hub.")
+            await layer.group_add(CHANGES_GROUP, self.channel_name)
+            self.tasks = [
+                asyncio.create_task(self._receive_changes(layer), name="hub-receive"),
+                asyncio.create_task(self._evaluate_changes(), name="hub-evaluate"),
+                asyncio.create_task(self._refresh_group(layer), name="hub-refresh"),
+            ]
+            self._started = True
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.tasks = []
+        self._started = False
+
+    # --- subscriptions ---------------------------------------------------
+
+    async def subscribe(
+        self, consumer: "DashboardConsumer", subscription_id: str, query: QueryDef, params: dict[str, Any]
+    ) -> tuple[Subscription, str]:
+        """Registers a subscription and returns it with its initial result's JSON.
+
+        The caller must send the reply before yielding to the loop again, so
+        the reply goes out before any push for the subscription.
+        """
+        await self.start()
+        key = (query.name, encode(params))
+        async with self.lock:
+            live = self.live.get(key) or LiveQuery(query=query, params=params, key=key)
+            [result] = await database_sync_to_async(_evaluate_all)([live])
+            if isinstance(result, BaseException):
+                raise result
+            subscription = Subscription(consumer, subscription_id, live, result)
+            live.subscriptions[id(subscription)] = subscription
+            self.live[key] = live
+            return subscription, result
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        live = subscription.live
+        live.subscriptions.pop(id(subscription), None)
+        if not live.subscriptions and self.live.get(live.key) is live:
+            del self.live[live.key]
+
+    # --- changes ---------------------------------------------------------
+
+    async def _receive_changes(self, layer: Any) -> None:
+        while True:
+            try:
+                message = await layer.receive(self.channel_name)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("channel layer receive failed; retrying")
+                await asyncio.sleep(1)
+                continue
+            if message.get("type") != CHANGED_MESSAGE:
+                continue
+            self.changes_received += 1
+            self.pending.update(message.get("changes") or ())
+            self.wakeup.set()
+
+    async def _evaluate_changes(self) -> None:
+        while True:
+            await self.wakeup.wait()
+            self.wakeup.clear()
+            try:
+                await self.run_round()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("fan-out round failed")
+
+    async def run_round(self) -> None:
+        async with self.lock:
+            changed, self.pending = self.pending, set()
+            lives = [live for live in self.live.values() if live.buckets & changed]
+            if not lives:
+                return
+            self.rounds += 1
+            results = await database_sync_to_async(_evaluate_all)(lives)
+            # From here to the end nothing awaits: subscriptions cannot change
+            # under the loop, and each consumer only queues the frames.
+            for live, result in zip(lives, results):
+                if isinstance(result, BaseException):
+                    continue
+                for subscription in list(live.subscriptions.values()):
+                    if subscription.last_json == result:
+                        subscription.last_json = result  # share the newest string
+                        continue
+                    subscription.last_json = result
+                    subscription.consumer.deliver_push(
+                        subscription, push_frame(subscription.subscription_id, result)
+                    )
+
+    async def _refresh_group(self, layer: Any) -> None:
+        while True:
+            await asyncio.sleep(GROUP_REFRESH_SECONDS)
+            try:
+                await layer.group_add(CHANGES_GROUP, self.channel_name)
+            except Exception:
+                logger.exception("could not refresh the change group membership")
+
+
+_hubs: dict[int, Hub] = {}
+
+
+def get_hub() -> Hub:
+    """This process's hub (one per event loop: tests run a loop per test)."""
+    loop = asyncio.get_running_loop()
+    hub = _hubs.get(id(loop))
+    if hub is None or hub.loop is not loop:
+        hub = _hubs[id(loop)] = Hub()
+    return hub
