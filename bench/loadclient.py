@@ -967,16 +967,16 @@ def report(name: str, runs: Sequence[RunResult], ctx: Context, smoke: bool) -> t
     rows = []
     for key in HEADLINE[name] + COMMON:
         per_run = " / ".join(fmt(run.figures.get(key)) for run in runs)
-        rows.append(f"{name:<4} {key:<40} {fmt(medians.get(key)):>12}   {per_run if len(runs) > 1 else ''}")
+        rows.append(f"{name:<4} {key:<48} {fmt(medians.get(key)):>12}   {per_run if len(runs) > 1 else ''}")
     for key in medians:
         if key.startswith("pushes["):
             label = key[len("pushes["):-1]
             got = f"{fmt(medians[key])}/{fmt(medians.get(f'pushes_expected[{label}]'))}"
-            rows.append(f"{name:<4} {'pushes got/expected ' + label:<40} {got:>12}")
+            rows.append(f"{name:<4} {'pushes (got/expected) ' + label:<48} {got:>12}")
     status = "OK" if ok else f"FAIL ({len(failures)})"
     if line["client_bound"]:
         status += ", client-bound"
-    rows.append(f"{name:<4} {'status':<40} {status:>12}")
+    rows.append(f"{name:<4} {'status':<48} {status:>12}")
     rows.extend(f"{name:<4}   note: {note}" for note in notes)
     rows.extend(f"{name:<4}   FAIL: {failure}" for failure in failures)
     return rows, ok
@@ -1034,7 +1034,7 @@ async def main(args: argparse.Namespace) -> int:
         table.extend(rows)
         all_ok = all_ok and ok
 
-    print(f"\n{'':<4} {'figure (median of ' + str(runs) + ' runs)':<40} {'value':>12}   per run")
+    print(f"\n{'':<4} {'figure (median of ' + str(runs) + ' runs)':<48} {'value':>12}   per run")
     print("\n".join(table))
     print(f"\nresult: {'all checks passed' if all_ok else 'CORRECTNESS FAILURES'}")
     return 0 if all_ok else 1

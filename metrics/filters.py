@@ -4,14 +4,14 @@ Only fields named by the bucket's schema (and the record meta fields) can be
 filtered, each mapped to its column here: no client string ever becomes an ORM
 lookup. Comparisons follow the reference server's JavaScript semantics: a value
 of another type than the field never matches (instead of being coerced), and
-string operators are case-sensitive on every database.
+$startsWith/$endsWith are case-sensitive on every database.
 """
 from __future__ import annotations
 
 from typing import Any, Callable
 
 from django.db.models import F, Q, Value
-from django.db.models.functions import Length, Right, StrIndex, Substr
+from django.db.models.functions import Length, Right, Substr
 from django.db.models.lookups import Exact, GreaterThan
 
 from .errors import VALIDATION_ERROR, StoreError
@@ -39,8 +39,11 @@ def compile_filter(bucket: BucketSchema, spec: Any, path: str = "filter") -> Q:
 
 
 def _compile_logical(bucket: BucketSchema, op: str, parts: Any, path: str) -> Q:
-    if not isinstance(parts, list) or not parts:
-        raise StoreError(VALIDATION_ERROR, f'Operator "{op}" expects a non-empty list of filters')
+    if not isinstance(parts, list):
+        raise StoreError(VALIDATION_ERROR, f'Operator "{op}" expects a list of filters')
+    if not parts:
+        # As in the reference: no alternative matches nothing, no condition everything.
+        return NOTHING if op == "$or" else EVERYTHING
     compiled = [compile_filter(bucket, part, f"{path}.{op}") for part in parts]
     result = compiled[0]
     for q in compiled[1:]:
@@ -120,15 +123,14 @@ def _string_operand(op: str, ftype: str, operand: Any) -> str | None:
     return operand if ftype == "string" else None
 
 
-# LIKE is case-insensitive on SQLite, so substring tests use instr()/strpos()
-# and prefix/suffix tests compare substrings exactly.
+# $contains is a case-insensitive substring test, as in the reference store;
+# $startsWith/$endsWith are case-sensitive, and since LIKE is not on SQLite
+# they compare substrings exactly.
 def _contains(column: str, ftype: str, operand: Any) -> Q:
     text = _string_operand("$contains", ftype, operand)
     if text is None:
         return NOTHING
-    if text == "":
-        return EVERYTHING
-    return Q(GreaterThan(StrIndex(F(column), Value(text)), 0))
+    return Q(**{f"{column}__icontains": text})
 
 
 def _starts_with(column: str, ftype: str, operand: Any) -> Q:

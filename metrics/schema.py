@@ -34,6 +34,8 @@ class BucketSchema:
     model: type[models.Model]
     fields: tuple[FieldSpec, ...]
     key_field: str = "id"
+    # Fields with a database index besides the key.
+    indexed_fields: tuple[str, ...] = ()
     by_name: dict[str, FieldSpec] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -62,6 +64,7 @@ BUCKETS: dict[str, BucketSchema] = {
             FieldSpec("unit", "string", "unit", default=""),
             FieldSpec("timestamp", "number", "timestamp", required=True),
         ),
+        indexed_fields=("name",),
     ),
     "alerts": BucketSchema(
         name="alerts",
@@ -195,9 +198,9 @@ def validate_update(bucket: BucketSchema, key: str, data: dict[str, Any]) -> dic
         if spec.name not in data:
             continue
         value = data[spec.name]
-        if spec.name == bucket.key_field:
-            if value != key:
-                issues.append(_issue(spec, "immutable", "The key cannot be changed"))
+        if spec.generated:
+            # The key cannot change; like the reference, a copy of the record
+            # sent back as update data is accepted and its key ignored.
             continue
         if value is None:
             if spec.required:

@@ -11,7 +11,7 @@ from typing import Any
 from django.db.models import Avg, Max, Min, QuerySet, Sum
 
 from . import records
-from .errors import NOT_FOUND, VALIDATION_ERROR, StoreError, invalid_field
+from .errors import VALIDATION_ERROR, StoreError, invalid_field
 from .filters import compile_filter
 from .records import Record
 from .schema import BUCKETS, BucketSchema, json_number
@@ -66,8 +66,8 @@ def record_paginate(*, bucket: BucketSchema, limit: int, after: str | None = Non
     if after is not None:
         cursor = bucket.model.objects.filter(key=after).values_list("seq", flat=True).first()
         if cursor is None:
-            # The cursor's record is gone: nothing can be placed after it.
-            raise StoreError(NOT_FOUND, f'Cursor "{after}" not found in bucket "{bucket.name}"')
+            # As in the reference: nothing comes after a key that is not there.
+            return {"records": [], "hasMore": False}
         qs = qs.filter(seq__gt=cursor)
     page = _load(bucket, qs[: limit + 1])
     has_more = len(page) > limit
@@ -85,10 +85,11 @@ def record_aggregate(*, bucket: BucketSchema, op: str, field: Any, filter: Any =
     if not isinstance(field, str) or not field:
         raise invalid_field("field", "non-empty string")
     column = bucket.column(field)
-    if column is None or bucket.field_type(field) != "number":
-        raise StoreError(
-            VALIDATION_ERROR, f'Field "{field}" of bucket "{bucket.name}" is not a number field'
-        )
+    if column is None:
+        raise StoreError(VALIDATION_ERROR, f'Unknown field "{field}" for bucket "{bucket.name}"')
+    if bucket.field_type(field) != "number":
+        # The reference skips values that are not numbers: here, all of them.
+        return 0 if op in ("sum", "avg") else None
     value = _queryset(bucket, filter).aggregate(result=AGGREGATES[op](column))["result"]
     if value is None:
         return 0 if op in ("sum", "avg") else None

@@ -1,7 +1,7 @@
 """The action table: every operation a client may request, and nothing else.
 
-The consumer looks a request's `type` up in ACTIONS (never `getattr` on a
-client-chosen name), checks auth and permission, and awaits the handler. A
+The consumer checks auth and permission, looks the request's `type` up in
+ACTIONS (never `getattr` on a client-chosen name) and awaits the handler. A
 handler returns the result's data; store work runs in the database thread.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from django.conf import settings
 
 from metrics import selectors, services
 from metrics.errors import VALIDATION_ERROR
-from metrics.schema import BUCKETS
+from metrics.schema import BUCKETS, get_bucket
 
 from . import fields
 from .auth import TokenExpired, validate_token
@@ -36,13 +36,6 @@ class Context:
 
 Handler = Callable[[Context], Awaitable[Any]]
 
-
-@dataclass(frozen=True)
-class Action:
-    handler: Handler
-    # Which request field names the resource for the permission check.
-    resource_field: str | None = "bucket"
-    needs_session: bool = True
 
 
 def db(function: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
@@ -71,6 +64,8 @@ async def auth_logout(ctx: Context) -> Any:
 
 async def auth_whoami(ctx: Context) -> Any:
     session = ctx.consumer.session
+    if session is not None and session.expired():
+        ctx.consumer.session = session = None
     if session is None:
         return {"authenticated": False}
     return {"authenticated": True, **session.as_login_result()}
@@ -157,49 +152,78 @@ async def store_buckets(ctx: Context) -> Any:
 
 
 async def store_stats(ctx: Context) -> Any:
-    records = await db(selectors.bucket_record_counts)()
+    """The reference's stats shape; subscriptions are this process's."""
+    per_bucket = await db(selectors.bucket_record_counts)()
     hub = get_hub()
+    indexes = {name: len(bucket.indexed_fields) for name, bucket in BUCKETS.items()}
     return {
-        "buckets": {"count": len(BUCKETS), "names": list(BUCKETS)},
-        "records": records,
-        "queries": {"defined": len(QUERIES), "live": len(hub.live)},
-        "subscriptions": {"active": sum(len(live.subscriptions) for live in hub.live.values())},
+        "name": "dashboard",
+        "buckets": selectors.bucket_names(),
+        "records": {"total": sum(per_bucket.values()), "perBucket": per_bucket},
+        "indexes": {"total": sum(indexes.values()), "perBucket": indexes},
+        "queries": {
+            "defined": len(QUERIES),
+            "activeSubscriptions": sum(len(live.subscriptions) for live in hub.live.values()),
+        },
+        "persistence": {"enabled": True},
+        "ttl": {"enabled": False, "checkIntervalMs": 0},
     }
 
 
 # --- transactions --------------------------------------------------------------
 
-TRANSACTION_FIELDS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-    "get": lambda op: {"key": fields.key(op)},
-    "insert": lambda op: {"data": fields.obj(op, "data")},
-    "update": lambda op: {"key": fields.key(op), "data": fields.obj(op, "data")},
-    "delete": lambda op: {"key": fields.key(op)},
-    "where": lambda op: {"filter": fields.obj(op, "filter")},
-    "findOne": lambda op: {"filter": fields.obj(op, "filter")},
-    "count": lambda op: {"filter": fields.optional_obj(op, "filter")},
+# What each transaction operation needs besides "bucket" (the reference's
+# checks and messages).
+TRANSACTION_FIELDS: dict[str, tuple[str, ...]] = {
+    "get": ("key",),
+    "insert": ("data",),
+    "update": ("key", "data"),
+    "delete": ("key",),
+    "where": ("filter",),
+    "findOne": ("filter",),
+    "count": (),
 }
+
+
+def _invalid(message: str) -> StoreError:
+    return StoreError(VALIDATION_ERROR, message)
+
+
+def _transaction_operation(index: int, operation: Any) -> services.Operation:
+    where = f"operations[{index}]"
+    if not isinstance(operation, dict):
+        raise _invalid(f"{where}: expected object")
+    op = operation.get("op")
+    needed = TRANSACTION_FIELDS.get(op) if isinstance(op, str) else None
+    if needed is None:
+        raise _invalid(f'{where}: invalid "op" — expected one of: {", ".join(TRANSACTION_FIELDS)}')
+    name = operation.get("bucket")
+    if not isinstance(name, str) or not name:
+        raise _invalid(f'{where}: missing or invalid "bucket"')
+    bucket = get_bucket(name)
+    args: dict[str, Any] = {}
+    for field in needed:
+        value = operation.get(field)
+        if field == "key" and value is None:
+            raise _invalid(f'{where}: "{op}" requires "key"')
+        if field in ("data", "filter") and not isinstance(value, dict):
+            raise _invalid(f'{where}: "{op}" requires "{field}" object')
+        args[field] = value
+    if op == "count":
+        args["filter"] = fields.optional_obj(operation, "filter")
+    return services.Operation(op=op, bucket=bucket, args=args)
 
 
 def _transaction_operations(body: dict[str, Any]) -> list[services.Operation]:
     operations = body.get("operations")
-    if not isinstance(operations, list) or not operations:
-        raise StoreError(VALIDATION_ERROR, 'Missing or invalid "operations": expected non-empty array')
+    if not isinstance(operations, list):
+        raise _invalid('Missing or invalid "operations": expected array')
+    if not operations:
+        raise _invalid('"operations" must contain at least one operation')
     limit = settings.DASHBOARD["MAX_TRANSACTION_OPERATIONS"]
     if len(operations) > limit:
-        raise StoreError(VALIDATION_ERROR, f'Invalid "operations": at most {limit} operations')
-    parsed = []
-    for index, operation in enumerate(operations):
-        if not isinstance(operation, dict):
-            raise StoreError(VALIDATION_ERROR, f"Operation at index {index} must be an object")
-        op = operation.get("op")
-        extract = TRANSACTION_FIELDS.get(op) if isinstance(op, str) else None
-        if extract is None:
-            raise StoreError(
-                VALIDATION_ERROR,
-                f'Invalid "op" at index {index}: expected one of {", ".join(TRANSACTION_FIELDS)}',
-            )
-        parsed.append(services.Operation(op=op, bucket=fields.bucket(operation), args=extract(operation)))
-    return parsed
+        raise _invalid(f'"operations" may contain at most {limit} operations')
+    return [_transaction_operation(i, operation) for i, operation in enumerate(operations)]
 
 
 async def store_transaction(ctx: Context) -> Any:
@@ -211,12 +235,12 @@ async def store_transaction(ctx: Context) -> Any:
 
 
 async def store_subscribe(ctx: Context) -> Any:
-    query = get_query(fields.non_empty_string(ctx.body, "query"))
-    params = fields.optional_obj(ctx.body, "params") or {}
     consumer = ctx.consumer
     limit = settings.DASHBOARD["MAX_SUBSCRIPTIONS_PER_CONNECTION"]
     if len(consumer.subscriptions) >= limit:
         raise ProtocolError(RATE_LIMITED, f"Subscription limit reached (max {limit} per connection)")
+    query = get_query(fields.non_empty_string(ctx.body, "query"))
+    params = fields.optional_obj(ctx.body, "params") or {}
     subscription_id = consumer.next_subscription_id()
     subscription, initial = await consumer.hub.subscribe(consumer, subscription_id, query, params)
     # No await from here to the reply, so the reply precedes every push.
@@ -235,29 +259,29 @@ class Encoded(str):
     """A result already encoded as JSON."""
 
 
-ACTIONS: dict[str, Action] = {
-    "auth.login": Action(auth_login, resource_field=None, needs_session=False),
-    "auth.logout": Action(auth_logout, resource_field=None, needs_session=False),
-    "auth.whoami": Action(auth_whoami, resource_field=None, needs_session=False),
-    "store.insert": Action(store_insert),
-    "store.get": Action(store_get),
-    "store.update": Action(store_update),
-    "store.delete": Action(store_delete),
-    "store.clear": Action(store_clear),
-    "store.all": Action(store_all),
-    "store.where": Action(store_where),
-    "store.findOne": Action(store_find_one),
-    "store.count": Action(store_count),
-    "store.first": Action(store_first),
-    "store.last": Action(store_last),
-    "store.paginate": Action(store_paginate),
-    "store.sum": Action(aggregate("sum")),
-    "store.avg": Action(aggregate("avg")),
-    "store.min": Action(aggregate("min")),
-    "store.max": Action(aggregate("max")),
-    "store.buckets": Action(store_buckets, resource_field=None),
-    "store.stats": Action(store_stats, resource_field=None),
-    "store.transaction": Action(store_transaction, resource_field=None),
-    "store.subscribe": Action(store_subscribe, resource_field="query"),
-    "store.unsubscribe": Action(store_unsubscribe, resource_field="subscriptionId"),
+ACTIONS: dict[str, Handler] = {
+    "auth.login": auth_login,
+    "auth.logout": auth_logout,
+    "auth.whoami": auth_whoami,
+    "store.insert": store_insert,
+    "store.get": store_get,
+    "store.update": store_update,
+    "store.delete": store_delete,
+    "store.clear": store_clear,
+    "store.all": store_all,
+    "store.where": store_where,
+    "store.findOne": store_find_one,
+    "store.count": store_count,
+    "store.first": store_first,
+    "store.last": store_last,
+    "store.paginate": store_paginate,
+    "store.sum": aggregate("sum"),
+    "store.avg": aggregate("avg"),
+    "store.min": aggregate("min"),
+    "store.max": aggregate("max"),
+    "store.buckets": store_buckets,
+    "store.stats": store_stats,
+    "store.transaction": store_transaction,
+    "store.subscribe": store_subscribe,
+    "store.unsubscribe": store_unsubscribe,
 }

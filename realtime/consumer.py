@@ -141,15 +141,18 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         self.enqueue(frames.result_frame(request.id, data_json))
 
     async def run(self, request: frames.Request) -> Any:
-        action = ACTIONS.get(request.type)
-        if action is None:
-            raise ProtocolError(UNKNOWN_OPERATION, unknown_operation_message(request.type))
-        if action.needs_session:
+        # The reference's order: authentication, then permission, then routing,
+        # so an unauthenticated client learns nothing about operation names.
+        operation = request.type
+        if not operation.startswith("auth.") and operation not in SESSIONLESS:
             session = self.current_session()
-            resource = resource_of(request.body, action.resource_field)
-            if not is_allowed(session, request.type, resource):
-                raise ProtocolError(FORBIDDEN, f"No permission for {request.type} on {resource}")
-        return await action.handler(Context(self, request.type, request.body))
+            resource = resource_of(operation, request.body)
+            if not is_allowed(session, operation, resource):
+                raise ProtocolError(FORBIDDEN, f"No permission for {operation} on {resource}")
+        handler = ACTIONS.get(operation)
+        if handler is None:
+            raise ProtocolError(UNKNOWN_OPERATION, unknown_operation_message(operation))
+        return await handler(Context(self, operation, request.body))
 
     def current_session(self) -> Session:
         session = self.session
@@ -225,10 +228,17 @@ class DashboardConsumer(AsyncWebsocketConsumer):
                     return
 
 
-def resource_of(body: dict[str, Any], field: str | None) -> str:
-    if field is None:
+# Types the reference routes without a session (and then finds no handler for).
+SESSIONLESS = frozenset({"ping"})
+
+RESOURCE_FIELDS = {"store.subscribe": "query", "store.unsubscribe": "subscriptionId"}
+
+
+def resource_of(operation: str, body: dict[str, Any]) -> str:
+    """What the permission check is asked about (protocol.md, Auth)."""
+    if not operation.startswith("store."):
         return "*"
-    value = body.get(field)
+    value = body.get(RESOURCE_FIELDS.get(operation, "bucket"))
     return value if isinstance(value, str) else "*"
 
 

@@ -97,6 +97,8 @@ def encode(value: Any) -> str:
 
 
 def _id(request_id: int | float) -> str:
+    if isinstance(request_id, float) and request_id.is_integer() and abs(request_id) < 2**53:
+        request_id = int(request_id)
     return dumps(request_id)
 
 
@@ -105,10 +107,10 @@ def result_frame(request_id: int | float, data_json: str) -> str:
 
 
 def error_frame(request_id: int | float, code: str, message: str, details: Any = None) -> str:
-    frame: dict[str, Any] = {"id": request_id, "type": "error", "code": code, "message": message}
+    frame = '{"id":' + _id(request_id) + ',"type":"error","code":' + dumps(code) + ',"message":' + dumps(message)
     if details is not None:
-        frame["details"] = details
-    return dumps(frame)
+        frame += ',"details":' + dumps(details)
+    return frame + "}"
 
 
 def push_frame(subscription_id: str, data_json: str) -> str:

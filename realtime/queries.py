@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from metrics import selectors
-from metrics.errors import invalid_field
 from metrics.schema import get_bucket
 
+from . import fields
 from .errors import QUERY_NOT_DEFINED, ProtocolError
 
 
@@ -84,20 +84,9 @@ def get_query(name: str) -> QueryDef:
         raise ProtocolError(QUERY_NOT_DEFINED, f'Query "{name}" is not defined') from None
 
 
-def param_string(params: dict[str, Any], name: str) -> str:
-    value = params.get(name)
-    if not isinstance(value, str) or not value:
-        raise invalid_field(name, "non-empty string")
-    return value
-
-
-def param_positive_int(params: dict[str, Any], name: str) -> int:
-    value = params.get(name)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise invalid_field(name, "positive integer")
-    if isinstance(value, float) and not value.is_integer() or value < 1:
-        raise invalid_field(name, "positive integer")
-    return int(value)
+# Param checks raise VALIDATION_ERROR with the protocol's field messages.
+param_string = fields.non_empty_string
+param_positive_int = fields.positive_int
 
 
 # --- The dashboard's queries ----------------------------------------------

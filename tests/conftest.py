@@ -1,0 +1,106 @@
+"""Shared fixtures: protocol clients driving the real ASGI application."""
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+from channels.layers import channel_layers
+from channels.testing import WebsocketCommunicator
+
+from dashboard_project.asgi import application
+from metrics import records
+from realtime import fanout
+
+TIMEOUT = 5
+
+
+class Client:
+    """A protocol client over a WebsocketCommunicator: requests get ids, and
+    pushes that arrive while waiting for a reply are kept in order."""
+
+    def __init__(self, communicator: WebsocketCommunicator) -> None:
+        self.communicator = communicator
+        self.ids = itertools.count(1)
+        self.pushes: list[dict[str, Any]] = []
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        await self.communicator.send_json_to(frame)
+
+    async def send_text(self, text: str) -> None:
+        await self.communicator.send_to(text_data=text)
+
+    async def receive(self) -> dict[str, Any]:
+        return await self.communicator.receive_json_from(timeout=TIMEOUT)
+
+    async def reply_to(self, request_id: Any) -> dict[str, Any]:
+        while True:
+            frame = await self.receive()
+            if frame.get("type") == "push":
+                self.pushes.append(frame)
+                continue
+            assert frame.get("id") == request_id, frame
+            return frame
+
+    async def request(self, type: str, **fields: Any) -> dict[str, Any]:
+        """Sends a request and returns its whole reply frame."""
+        request_id = next(self.ids)
+        await self.send({"id": request_id, "type": type, **fields})
+        return await self.reply_to(request_id)
+
+    async def ok(self, type: str, **fields: Any) -> Any:
+        """Sends a request that must succeed and returns its data."""
+        reply = await self.request(type, **fields)
+        assert reply["type"] == "result", reply
+        return reply["data"]
+
+    async def push(self) -> dict[str, Any]:
+        if self.pushes:
+            return self.pushes.pop(0)
+        frame = await self.receive()
+        assert frame.get("type") == "push", frame
+        return frame
+
+    async def nothing(self, timeout: float = 0.3) -> bool:
+        return not self.pushes and await self.communicator.receive_nothing(timeout=timeout)
+
+    async def login(self, token: str) -> dict[str, Any]:
+        return await self.ok("auth.login", token=token)
+
+
+@pytest.fixture(autouse=True)
+def fresh_process_state():
+    """Each test runs on its own event loop: give it its own layer and hub."""
+    channel_layers.backends = {}
+    fanout._hubs.clear()
+    records.clear_cache()
+    yield
+    channel_layers.backends = {}
+    fanout._hubs.clear()
+
+
+@pytest.fixture
+async def connect():
+    """Opens protocol clients (after the welcome frame); always disconnects them."""
+    opened: list[WebsocketCommunicator] = []
+
+    async def open_client(token: str | None = None, path: str = "/ws/") -> Client:
+        communicator = WebsocketCommunicator(application, path)
+        connected, _ = await communicator.connect(timeout=TIMEOUT)
+        assert connected
+        opened.append(communicator)
+        client = Client(communicator)
+        client.welcome = await client.receive()
+        if token is not None:
+            await client.login(token)
+        return client
+
+    yield open_client
+    for communicator in opened:
+        await communicator.disconnect(timeout=TIMEOUT)
+    for hub in list(fanout._hubs.values()):
+        await hub.stop()
+
+
+def metric(name: str = "cpu", value: float = 72.5, unit: str = "%", timestamp: int = 1706745600000) -> dict:
+    return {"name": name, "value": value, "unit": unit, "timestamp": timestamp}

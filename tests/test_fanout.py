@@ -1,0 +1,145 @@
+"""Reactive queries: pushes only on change, one evaluation per distinct query,
+one layer message per change, whole large results, nothing on rollback."""
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.db import transaction
+
+from metrics.models import Metric
+from realtime import fanout
+from tests.conftest import metric
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def test_no_push_when_result_unchanged(connect):
+    admin = await connect("admin-token")
+    viewer = await connect("viewer-token")
+    cpu = await viewer.ok("store.subscribe", query="metrics-by-name", params={"name": "cpu"})
+    await admin.ok("store.insert", bucket="metrics", data=metric("memory", 1, "MB"))
+    assert await viewer.nothing(timeout=0.5)
+    # The subscription is still live: a cpu insert reaches it.
+    record = await admin.ok("store.insert", bucket="metrics", data=metric("cpu", 2))
+    assert await viewer.push() == {
+        "type": "push", "channel": "subscription", "subscriptionId": cpu["subscriptionId"], "data": [record],
+    }
+
+
+async def test_each_distinct_query_evaluated_once_and_one_layer_message(connect, monkeypatch):
+    admin = await connect("admin-token")
+    viewers = [await connect("viewer-token") for _ in range(50)]
+    for viewer in viewers:
+        await viewer.ok("store.subscribe", query="metric-count")
+    hub = fanout.get_hub()
+    [live] = hub.live.values()
+    assert len(live.subscriptions) == 50
+
+    sent: list[tuple[str, dict]] = []
+    layer = fanout.get_channel_layer()
+    original = layer.group_send
+
+    async def counting_group_send(group, message):
+        sent.append((group, message))
+        await original(group, message)
+
+    monkeypatch.setattr(layer, "group_send", counting_group_send)
+    evaluations, received = live.evaluations, hub.changes_received
+    await admin.ok("store.insert", bucket="metrics", data=metric())
+    for viewer in viewers:
+        assert (await viewer.push())["data"] == 1
+    assert live.evaluations - evaluations == 1
+    assert hub.changes_received - received == 1
+    assert len(sent) == 1
+    group, message = sent[0]
+    assert group == fanout.CHANGES_GROUP
+    # Only primitives cross the layer.
+    assert json.loads(json.dumps(message)) == message
+    assert message["changes"] == {"metrics": [message["changes"]["metrics"][0]]}
+
+
+async def test_ten_thousand_metrics_arrive_whole(connect):
+    admin = await connect("admin-token")
+    await sync_to_async(_bulk_insert)(10_000)
+    viewer = await connect("viewer-token")
+    reply = await viewer.ok("store.subscribe", query="all-metrics")
+    assert len(reply["data"]) == 10_000
+    assert len(json.dumps(reply)) > 1024 * 1024  # bigger than daphne's default frame limit
+    record = await admin.ok("store.insert", bucket="metrics", data=metric("disk", 5))
+    pushed = await viewer.push()
+    assert len(pushed["data"]) == 10_001
+    assert pushed["data"][:10_000] == reply["data"]
+    assert pushed["data"][-1] == record
+
+
+def _bulk_insert(n: int) -> None:
+    with transaction.atomic():
+        for i in range(n):
+            Metric.objects.create(name=f"m{i % 7}", value=i, unit="u", timestamp=1_700_000_000_000 + i)
+
+
+async def test_rolled_back_transaction_writes_and_pushes_nothing(connect):
+    admin = await connect("admin-token")
+    viewer = await connect("viewer-token")
+    await viewer.ok("store.subscribe", query="metric-count")
+    await viewer.ok("store.subscribe", query="all-metrics")
+    reply = await admin.request(
+        "store.transaction",
+        operations=[
+            {"op": "insert", "bucket": "metrics", "data": metric("cpu", 1)},
+            {"op": "insert", "bucket": "metrics", "data": {"name": "cpu"}},
+        ],
+    )
+    assert reply == {
+        "id": 2,
+        "type": "error",
+        "code": "VALIDATION_ERROR",
+        "message": 'Validation failed for bucket "metrics": value: Field is required; timestamp: Field is required',
+        "details": [
+            {"field": "value", "message": "Field is required", "code": "required"},
+            {"field": "timestamp", "message": "Field is required", "code": "required"},
+        ],
+    }
+    assert await viewer.nothing(timeout=0.5)
+    assert await admin.ok("store.count", bucket="metrics") == 0
+
+
+async def test_writes_outside_the_protocol_push(connect):
+    viewer = await connect("viewer-token")
+    sub = await viewer.ok("store.subscribe", query="metrics-by-name", params={"name": "shell"})
+
+    created = await sync_to_async(Metric.objects.create)(name="shell", value=3, timestamp=5)
+    first = await viewer.push()
+    assert first["subscriptionId"] == sub["subscriptionId"]
+    assert [(r["id"], r["value"], r["unit"], r["_version"]) for r in first["data"]] == [
+        (created.key, 3, "", 1)
+    ]
+
+    created.value = 4
+    await sync_to_async(created.save)()
+    second = await viewer.push()
+    assert [(r["value"], r["_version"]) for r in second["data"]] == [(4, 2)]
+
+    await sync_to_async(created.delete)()
+    assert (await viewer.push())["data"] == []
+
+
+async def test_burst_of_writes_ends_with_the_final_result(connect):
+    admin = await connect("admin-token")
+    viewer = await connect("viewer-token")
+    sub = await viewer.ok("store.subscribe", query="metric-count")
+    # Pipelined inserts: the hub may merge changes, never lose the last.
+    for i in range(30):
+        await admin.send({"id": 100 + i, "type": "store.insert", "bucket": "metrics", "data": metric(value=i)})
+    for i in range(30):
+        assert (await admin.reply_to(100 + i))["type"] == "result"
+    seen = []
+    while not seen or seen[-1] != 30:
+        frame = await viewer.push()
+        assert frame["subscriptionId"] == sub["subscriptionId"]
+        seen.append(frame["data"])
+    assert seen == sorted(set(seen)), "results went backwards or repeated"
+    assert await viewer.nothing()
