@@ -61,6 +61,18 @@ class Client:
         assert frame.get("type") == "push", frame
         return frame
 
+    async def push_for(self, subscription_id: str) -> dict[str, Any]:
+        """The next push for one subscription; other pushes stay queued."""
+        for i, frame in enumerate(self.pushes):
+            if frame["subscriptionId"] == subscription_id:
+                return self.pushes.pop(i)
+        while True:
+            frame = await self.receive()
+            assert frame.get("type") == "push", frame
+            if frame["subscriptionId"] == subscription_id:
+                return frame
+            self.pushes.append(frame)
+
     async def nothing(self, timeout: float = 0.3) -> bool:
         return not self.pushes and await self.communicator.receive_nothing(timeout=timeout)
 
