@@ -16,6 +16,7 @@ from . import frames
 from .actions import ACTIONS, Context, Encoded
 from .auth import Session
 from .errors import (
+    CLOSE_HEARTBEAT_TIMEOUT,
     CLOSE_TOO_BIG,
     CLOSE_UNSUPPORTED_DATA,
     FORBIDDEN,
@@ -90,19 +91,36 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         self.enqueue(frames.welcome_frame(now_ms()))
 
     async def disconnect(self, code: int) -> None:
+        self.release()
+
+    def release(self) -> None:
+        """Ends the connection's subscriptions and stops its writer."""
         self.closed = True
-        for subscription in self.subscriptions.values():
-            self.hub.unsubscribe(subscription)
-        self.subscriptions.clear()
         if self.hub is not None:
+            for subscription in self.subscriptions.values():
+                self.hub.unsubscribe(subscription)
             self.hub.connections.discard(self)
+        self.subscriptions.clear()
+        self.queued_pushes.clear()
+        self.outbox.clear()
         if self.writer is not None:
             self.writer.cancel()
 
     async def close_with(self, code: int, reason: str) -> None:
         if not self.closed:
-            self.closed = True
+            self.release()
             await self.close(code=code, reason=reason)
+
+    def heartbeat_tick(self, now_ms: int) -> None:
+        """Called by the hub every interval: ping, or close if the last ping
+        went unanswered."""
+        if self.closed:
+            return
+        if self.awaiting_pong:
+            asyncio.create_task(self.close_with(CLOSE_HEARTBEAT_TIMEOUT, "heartbeat_timeout"))
+            return
+        self.awaiting_pong = True
+        self.enqueue(frames.ping_frame(now_ms))
 
     # --- incoming frames -----------------------------------------------------
 

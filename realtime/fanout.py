@@ -17,12 +17,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
+from django.conf import settings
 
 from .frames import encode, push_frame
 from .queries import QueryDef, QueryStore
@@ -119,6 +121,7 @@ class Hub:
                 asyncio.create_task(self._receive_changes(layer), name="hub-receive"),
                 asyncio.create_task(self._evaluate_changes(), name="hub-evaluate"),
                 asyncio.create_task(self._refresh_group(layer), name="hub-refresh"),
+                asyncio.create_task(self._heartbeat(), name="hub-heartbeat"),
             ]
             self._started = True
 
@@ -215,6 +218,15 @@ class Hub:
                 await layer.group_add(CHANGES_GROUP, self.channel_name)
             except Exception:
                 logger.exception("could not refresh the change group membership")
+
+
+    async def _heartbeat(self) -> None:
+        """One ticker for all local connections instead of a timer each."""
+        while True:
+            await asyncio.sleep(settings.DASHBOARD["HEARTBEAT_SECONDS"])
+            now = int(time.time() * 1000)
+            for consumer in list(self.connections):
+                consumer.heartbeat_tick(now)
 
 
 _hubs: dict[int, Hub] = {}

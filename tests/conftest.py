@@ -5,7 +5,9 @@ import itertools
 from typing import Any
 
 import pytest
+from channels.db import database_sync_to_async
 from channels.layers import channel_layers
+from django.db import connections
 from channels.testing import WebsocketCommunicator
 
 from dashboard_project.asgi import application
@@ -112,6 +114,9 @@ async def connect():
         await communicator.disconnect(timeout=TIMEOUT)
     for hub in list(fanout._hubs.values()):
         await hub.stop()
+    # The database thread keeps its connection open (CONN_MAX_AGE); close it
+    # so the test database can be dropped at the end.
+    await database_sync_to_async(connections.close_all)()
 
 
 def metric(name: str = "cpu", value: float = 72.5, unit: str = "%", timestamp: int = 1706745600000) -> dict:
