@@ -3,7 +3,6 @@ table, and writes replies and pushes through one ordered outbox."""
 from __future__ import annotations
 
 import asyncio
-import collections
 import itertools
 import logging
 import time
@@ -27,6 +26,7 @@ from .errors import (
     StoreError,
 )
 from .fanout import Hub, Subscription, get_hub
+from .outbox import Outbox
 from .permissions import is_allowed
 
 logger = logging.getLogger(__name__)
@@ -40,16 +40,6 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-class PushSlot:
-    """A queued push; a newer result for the same subscription replaces it."""
-
-    __slots__ = ("subscription", "frame")
-
-    def __init__(self, subscription: Subscription, frame: str) -> None:
-        self.subscription = subscription
-        self.frame = frame
-
-
 class DashboardConsumer(AsyncWebsocketConsumer):
     # No per-consumer channel-layer channel: changes reach consumers through
     # the process's hub, never through one layer message per viewer.
@@ -60,10 +50,7 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         self.session: Session | None = None
         self.subscriptions: dict[str, Subscription] = {}
         self.hub: Hub | None = None
-        self.outbox: collections.deque[str | PushSlot] = collections.deque()
-        self.queued_pushes: dict[str, PushSlot] = {}
-        self.outbox_ready = asyncio.Event()
-        self.writer: asyncio.Task | None = None
+        self.outbox: Outbox | None = None
         self.closed = False
         self.awaiting_pong = False
 
@@ -86,7 +73,7 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         self.hub = get_hub()
         await self.hub.start()
         await self.accept()
-        self.writer = asyncio.create_task(self._write_outbox())
+        self.outbox = Outbox(self.base_send)
         self.hub.connections.add(self)
         self.enqueue(frames.welcome_frame(now_ms()))
 
@@ -94,17 +81,15 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         self.release()
 
     def release(self) -> None:
-        """Ends the connection's subscriptions and stops its writer."""
+        """Ends the connection's subscriptions and drops what it has not sent."""
         self.closed = True
         if self.hub is not None:
             for subscription in self.subscriptions.values():
                 self.hub.unsubscribe(subscription)
             self.hub.connections.discard(self)
         self.subscriptions.clear()
-        self.queued_pushes.clear()
-        self.outbox.clear()
-        if self.writer is not None:
-            self.writer.cancel()
+        if self.outbox is not None:
+            self.outbox.close()
 
     async def close_with(self, code: int, reason: str) -> None:
         if not self.closed:
@@ -194,56 +179,34 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         if subscription is None:
             return False
         self.hub.unsubscribe(subscription)
-        slot = self.queued_pushes.pop(subscription_id, None)
-        if slot is not None:
-            slot.frame = ""  # dropped by the writer
+        self.outbox.drop(subscription_id)
         return True
 
     def may_receive(self, subscription: Subscription) -> bool:
-        """Permission checked again before delivery: sessions change and expire."""
+        """Permission checked again before delivery: sessions change and expire.
+
+        The answer is remembered per session object, since a push goes to
+        every viewer on every change and the rule only sees the session.
+        """
         session = self.session
         if session is None or session.expired():
             return False
-        return is_allowed(session, "store.subscribe", subscription.live.query.name)
+        if subscription.allowed_for is not session:
+            if not is_allowed(session, "store.subscribe", subscription.live.query.name):
+                return False
+            subscription.allowed_for = session
+        return True
 
     # --- outgoing frames ----------------------------------------------------------
 
     def enqueue(self, frame: str) -> None:
-        self.outbox.append(frame)
-        self.outbox_ready.set()
+        self.outbox.reply(frame)
 
     def deliver_push(self, subscription: Subscription, frame: str) -> None:
         """Called by the hub; never awaits, so fan-out never waits on a client."""
         if self.closed or not self.may_receive(subscription):
             return
-        slot = self.queued_pushes.get(subscription.subscription_id)
-        if slot is not None:
-            slot.frame = frame  # not sent yet: only the newest result matters
-            return
-        slot = PushSlot(subscription, frame)
-        self.queued_pushes[subscription.subscription_id] = slot
-        self.outbox.append(slot)
-        self.outbox_ready.set()
-
-    async def _write_outbox(self) -> None:
-        outbox = self.outbox
-        while True:
-            await self.outbox_ready.wait()
-            self.outbox_ready.clear()
-            while outbox:
-                item = outbox.popleft()
-                if isinstance(item, PushSlot):
-                    if self.queued_pushes.get(item.subscription.subscription_id) is item:
-                        del self.queued_pushes[item.subscription.subscription_id]
-                    if not item.frame:
-                        continue
-                    item = item.frame
-                try:
-                    await self.send(text_data=item)
-                except Exception:
-                    # The client is gone; disconnect() cleans up.
-                    logger.debug("send failed on a closing connection", exc_info=True)
-                    return
+        self.outbox.push(subscription.subscription_id, frame)
 
 
 # Types the reference routes without a session (and then finds no handler for).

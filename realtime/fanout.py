@@ -60,6 +60,8 @@ class Subscription:
     subscription_id: str
     live: "LiveQuery"
     last_json: str
+    # The session last found allowed to receive this subscription's pushes.
+    allowed_for: Any = None
 
 
 @dataclass(eq=False)

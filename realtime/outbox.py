@@ -1,0 +1,134 @@
+"""A connection's outgoing frames: replies in order, pushes coalesced.
+
+Frames go to the ASGI server's `send` at once when nothing is queued, without
+a task switch: a send that completes without suspending (daphne always, uvicorn
+while the socket is writable) costs one function call. A send that does
+suspend (a slow reader) is finished by a drain task, and everything after it
+queues behind it. While a push for a subscription is still queued, a newer
+result replaces it, so a slow client holds at most one pending push per
+subscription and always gets the latest state.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from typing import Any, Awaitable, Callable, Generator
+
+logger = logging.getLogger(__name__)
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class PushSlot:
+    __slots__ = ("key", "frame")
+
+    def __init__(self, key: str, frame: str) -> None:
+        self.key = key
+        self.frame = frame
+
+
+class _Resume:
+    """Awaitable that finishes a coroutine already started by hand: it hands
+    the future the coroutine is waiting on to the task awaiting it."""
+
+    def __init__(self, coroutine: Any, waiting_on: Any) -> None:
+        self.coroutine = coroutine
+        self.waiting_on = waiting_on
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        waiting_on = self.waiting_on
+        while True:
+            try:
+                sent = yield waiting_on
+            except BaseException as error:  # cancellation included
+                try:
+                    waiting_on = self.coroutine.throw(error)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    waiting_on = self.coroutine.send(sent)
+                except StopIteration:
+                    return
+
+
+class Outbox:
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self._queue: collections.deque[str | PushSlot] = collections.deque()
+        self._pushes: dict[str, PushSlot] = {}
+        self._drain: asyncio.Task | None = None
+        self.closed = False
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def reply(self, frame: str) -> None:
+        if self.closed:
+            return
+        if self._drain is None and not self._queue:
+            self._send_now(frame)
+        else:
+            self._queue.append(frame)
+
+    def push(self, key: str, frame: str) -> None:
+        if self.closed:
+            return
+        slot = self._pushes.get(key)
+        if slot is not None:
+            slot.frame = frame  # not sent yet: only the newest result matters
+        elif self._drain is None and not self._queue:
+            self._send_now(frame)
+        else:
+            slot = self._pushes[key] = PushSlot(key, frame)
+            self._queue.append(slot)
+
+    def drop(self, key: str) -> None:
+        """Forgets a queued push (the subscription ended)."""
+        slot = self._pushes.pop(key, None)
+        if slot is not None:
+            slot.frame = ""
+
+    def close(self) -> None:
+        self.closed = True
+        self._queue.clear()
+        self._pushes.clear()
+        if self._drain is not None:
+            self._drain.cancel()
+            self._drain = None
+
+    def _send_now(self, frame: str) -> None:
+        coroutine = self._send({"type": "websocket.send", "text": frame})
+        try:
+            waiting_on = coroutine.send(None)
+        except StopIteration:
+            return
+        except Exception:
+            self._failed()
+            return
+        self._drain = asyncio.ensure_future(self._finish(_Resume(coroutine, waiting_on)))
+
+    async def _finish(self, pending: _Resume) -> None:
+        try:
+            await pending
+            while self._queue:
+                item = self._queue.popleft()
+                if isinstance(item, PushSlot):
+                    if self._pushes.get(item.key) is item:
+                        del self._pushes[item.key]
+                    if not item.frame:
+                        continue
+                    item = item.frame
+                await self._send({"type": "websocket.send", "text": item})
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self._failed()
+        finally:
+            self._drain = None
+
+    def _failed(self) -> None:
+        # The client is gone; the consumer's disconnect() cleans up.
+        logger.debug("send failed on a closing connection", exc_info=True)
+        self.close()
