@@ -8,6 +8,7 @@ $startsWith/$endsWith are case-sensitive on every database.
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Callable
 
 from django.db.models import F, Q, Value
@@ -130,6 +131,10 @@ def _contains(column: str, ftype: str, operand: Any) -> Q:
     text = _string_operand("$contains", ftype, operand)
     if text is None:
         return NOTHING
+    if not text.isascii():
+        # SQLite's LIKE folds only ASCII letters; the reference lowercases
+        # every letter. An escaped case-insensitive regex folds them all.
+        return Q(**{f"{column}__iregex": re.escape(text)})
     return Q(**{f"{column}__icontains": text})
 
 

@@ -28,7 +28,10 @@ def _load(bucket: BucketSchema, qs: QuerySet) -> list[Record]:
     return records.load(bucket, list(qs.values_list("seq", "version")))
 
 
-def record_get(*, bucket: BucketSchema, key: str) -> Record | None:
+def record_get(*, bucket: BucketSchema, key: Any) -> Record | None:
+    if not isinstance(key, str):
+        # Keys are strings; the ORM would otherwise cast 5 to "5" and find it.
+        return None
     found = _load(bucket, _queryset(bucket).filter(key=key))
     return found[0] if found else None
 

@@ -1,0 +1,280 @@
+"""Store services: transactions are all or nothing, and each committed
+transaction is reported once, after commit, through `records_changed`."""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.db import transaction
+
+from metrics import selectors, services
+from metrics.changes import records_changed
+from metrics.errors import CONFLICT, NOT_FOUND, VALIDATION_ERROR, StoreError
+from metrics.models import Alert, Metric
+from metrics.schema import BUCKETS
+
+METRICS = BUCKETS["metrics"]
+ALERTS = BUCKETS["alerts"]
+
+
+def row(name: str = "cpu", value: float = 1, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "value": value, "unit": "%", "timestamp": 1, **extra}
+
+
+def op(name: str, bucket=METRICS, **args: Any) -> services.Operation:
+    return services.Operation(op=name, bucket=bucket, args=args)
+
+
+@pytest.fixture
+def published():
+    """The `changes` of every records_changed signal sent during the test."""
+    sent: list[dict] = []
+
+    def receiver(sender, changes, **kwargs):
+        sent.append(changes)
+
+    records_changed.connect(receiver, dispatch_uid="test-services-receiver")
+    yield sent
+    records_changed.disconnect(dispatch_uid="test-services-receiver")
+
+
+# --- all or nothing ----------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_transaction_failing_operation_rolls_back_earlier_writes():
+    kept = services.record_insert(bucket=METRICS, data=row("kept", id="k"))
+    with pytest.raises(StoreError) as raised:
+        services.transaction_run(
+            operations=[
+                op("insert", data=row("a", id="a")),
+                op("update", key="k", data={"value": 50}),
+                op("delete", key="k"),
+                op("insert", bucket=ALERTS, data={"metric": "a", "threshold": 1, "timestamp": 1}),
+                op("update", key="missing", data={"value": 2}),
+                op("insert", data=row("never")),
+            ]
+        )
+    error = raised.value
+    assert (error.code, error.message, error.details, error.index) == (
+        NOT_FOUND, 'Record with key "missing" not found in bucket "metrics"', None, 4,
+    )
+    assert selectors.record_all(bucket=METRICS) == [kept]
+    assert selectors.record_all(bucket=ALERTS) == []
+
+
+@pytest.mark.django_db
+def test_transaction_conflict_and_validation_roll_back():
+    kept = services.record_insert(bucket=METRICS, data=row("kept", id="k"))
+    with pytest.raises(StoreError) as raised:
+        services.transaction_run(operations=[op("insert", data=row("a", id="a")), op("insert", data=row("b", id="k"))])
+    assert (raised.value.code, raised.value.details, raised.value.index) == (
+        CONFLICT, {"bucket": "metrics", "key": "k"}, 1,
+    )
+    with pytest.raises(StoreError) as raised:
+        services.transaction_run(operations=[op("insert", data=row("a", id="a")), op("insert", data={"name": "b"})])
+    assert (raised.value.code, raised.value.index) == (VALIDATION_ERROR, 1)
+    with pytest.raises(StoreError) as raised:
+        services.transaction_run(
+            operations=[op("insert", data=row("a", id="a")), op("where", filter={"bogus": 1})]
+        )
+    assert (raised.value.code, raised.value.index) == (VALIDATION_ERROR, 1)
+    assert selectors.record_all(bucket=METRICS) == [kept]
+    # The database is still usable after the failed transactions.
+    new = services.record_insert(bucket=METRICS, data=row("a", id="a"))
+    assert selectors.record_all(bucket=METRICS) == [kept, new]
+
+
+@pytest.mark.django_db
+def test_transaction_success_returns_results_in_order():
+    result = services.transaction_run(
+        operations=[
+            op("insert", data=row("a", id="a")),
+            op("count"),
+            op("get", key="a"),
+            op("delete", key="a"),
+            op("count", filter={"name": "a"}),
+        ]
+    )
+    [a] = [r["data"] for r in result["results"][:1]]
+    assert result == {
+        "results": [
+            {"index": 0, "data": a},
+            {"index": 1, "data": 1},
+            {"index": 2, "data": a},
+            {"index": 3, "data": {"deleted": True}},
+            {"index": 4, "data": 0},
+        ]
+    }
+    assert a["id"] == "a" and a["_version"] == 1
+    assert selectors.record_all(bucket=METRICS) == []
+
+
+# --- changes are published once per transaction, after commit -------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_signal_per_transaction(published):
+    result = services.transaction_run(
+        operations=[op("insert", data=row("c", id="c")), op("insert", data=row("a", id="a")), op("insert", data=row("b"))]
+    )
+    generated = result["results"][2]["data"]["id"]
+    assert published == [{"metrics": sorted(["a", "c", generated])}]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_signal_listing_every_bucket_and_key(published):
+    services.record_insert(bucket=METRICS, data=row("x", id="x"))
+    services.record_insert(bucket=METRICS, data=row("y", id="y"))
+    published.clear()
+    services.transaction_run(
+        operations=[
+            op("update", key="x", data={"value": 2}),
+            op("delete", key="y"),
+            op("delete", key="nothing-here"),
+            op("insert", bucket=ALERTS, data={"id": "al", "metric": "x", "threshold": 1, "timestamp": 1}),
+            op("get", key="x"),
+            op("update", key="x", data={"value": 3}),
+        ]
+    )
+    assert published == [{"metrics": ["x", "y"], "alerts": ["al"]}]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_reads_publish_nothing(published):
+    services.record_insert(bucket=METRICS, data=row("x", id="x"))
+    published.clear()
+    services.transaction_run(operations=[op("get", key="x"), op("where", filter={}), op("count")])
+    services.record_delete(bucket=METRICS, key="missing")
+    assert published == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_each_service_call_is_one_change(published):
+    a = services.record_insert(bucket=METRICS, data=row("a"))
+    services.record_update(bucket=METRICS, key=a["id"], data={"value": 5})
+    services.record_delete(bucket=METRICS, key=a["id"])
+    assert published == [{"metrics": [a["id"]]}] * 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_rolled_back_transaction_publishes_nothing(published):
+    services.record_insert(bucket=METRICS, data=row("k", id="k"))
+    published.clear()
+    with pytest.raises(StoreError):
+        services.transaction_run(
+            operations=[op("insert", data=row("a", id="a")), op("update", key="k", data={"value": 9}), op("insert", data={})]
+        )
+    with pytest.raises(StoreError):
+        services.record_insert(bucket=METRICS, data=row("dup", id="k"))
+    assert published == []
+    # The next committed write is reported alone.
+    services.record_insert(bucket=METRICS, data=row("b", id="b"))
+    assert published == [{"metrics": ["b"]}]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_clear_publishes_the_whole_bucket(published):
+    services.record_insert(bucket=METRICS, data=row("a"))
+    services.record_insert(bucket=ALERTS, data={"metric": "a", "threshold": 1, "timestamp": 1})
+    published.clear()
+    assert services.bucket_clear(bucket=METRICS) == {"cleared": True}
+    assert published == [{"metrics": None}]
+    assert Metric.objects.count() == 0
+    assert Alert.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_clear_and_writes_in_one_transaction_publish_once(published):
+    with transaction.atomic():
+        services.record_insert(bucket=METRICS, data=row("a", id="a"))
+        services.bucket_clear(bucket=METRICS)
+        services.record_insert(bucket=METRICS, data=row("b", id="b"))
+    assert published == [{"metrics": None}]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_failed_service_in_a_savepoint_then_committed_write_publishes_once(published):
+    existing = services.record_insert(bucket=METRICS, data=row("x", id="x"))
+    published.clear()
+    with transaction.atomic():
+        with pytest.raises(StoreError):
+            # record_insert's atomic() is a savepoint here; the conflict rolls it back.
+            services.record_insert(bucket=METRICS, data=row("x again", id="x"))
+        y = services.record_insert(bucket=METRICS, data=row("y", id="y"))
+        assert published == []
+    assert published == [{"metrics": ["y"]}]
+    assert selectors.record_all(bucket=METRICS) == [existing, y]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_savepoint_rolled_back_before_any_other_write_publishes_once(published):
+    class Abort(Exception):
+        pass
+
+    with transaction.atomic():
+        with pytest.raises(Abort):
+            with transaction.atomic():
+                services.record_insert(bucket=METRICS, data=row("x", id="x"))
+                raise Abort
+        services.record_insert(bucket=METRICS, data=row("y", id="y"))
+    assert published == [{"metrics": ["y"]}]
+    assert [r["id"] for r in selectors.record_all(bucket=METRICS)] == ["y"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_savepoint_rolled_back_between_writes_publishes_once(published):
+    class Abort(Exception):
+        pass
+
+    with transaction.atomic():
+        services.record_insert(bucket=METRICS, data=row("a", id="a"))
+        with pytest.raises(Abort):
+            with transaction.atomic():
+                services.record_insert(bucket=METRICS, data=row("x", id="x"))
+                raise Abort
+        services.record_insert(bucket=METRICS, data=row("c", id="c"))
+    assert len(published) == 1
+    # The rolled-back key may be listed too: receivers re-evaluate, so
+    # over-reporting is harmless, missing a change is not.
+    assert {"a", "c"} <= set(published[0]["metrics"]) <= {"a", "c", "x"}
+    assert [r["id"] for r in selectors.record_all(bucket=METRICS)] == ["a", "c"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_whole_transaction_rolled_back_publishes_nothing(published):
+    class Abort(Exception):
+        pass
+
+    with pytest.raises(Abort):
+        with transaction.atomic():
+            services.record_insert(bucket=METRICS, data=row("a", id="a"))
+            services.bucket_clear(bucket=ALERTS)
+            raise Abort
+    assert published == []
+    # A later transaction starts a fresh change set.
+    with transaction.atomic():
+        services.record_insert(bucket=METRICS, data=row("b", id="b"))
+    assert published == [{"metrics": ["b"]}]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_writes_outside_the_services_are_published(published):
+    """The admin or a shell saves through the models: autocommit publishes at once."""
+    metric = Metric.objects.create(name="cpu", value=1, unit="", timestamp=1)
+    assert published == [{"metrics": [metric.key]}]
+    metric.value = 2
+    metric.save()
+    metric.delete()
+    assert published == [{"metrics": [metric.key]}] * 3
+
+
+@pytest.mark.django_db
+def test_published_on_commit_with_captured_callbacks(published, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        services.transaction_run(
+            operations=[op("insert", data=row("a", id="a")), op("insert", data=row("b", id="b"))]
+        )
+        assert published == []
+    assert len(callbacks) == 1
+    assert published == [{"metrics": ["a", "b"]}]
