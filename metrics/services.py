@@ -76,6 +76,18 @@ def record_insert(*, bucket: BucketSchema, data: dict[str, Any]) -> Record:
         return _insert(bucket, data)
 
 
+def record_insert_each(*, items: list[tuple[BucketSchema, dict[str, Any]]]) -> list[Record | Exception]:
+    """Several independent inserts, each in its own transaction: one failing
+    leaves the others committed. Saves a thread hop per pipelined request."""
+    outcomes: list[Record | Exception] = []
+    for bucket, data in items:
+        try:
+            outcomes.append(record_insert(bucket=bucket, data=data))
+        except Exception as error:  # reported to that request's sender only
+            outcomes.append(error)
+    return outcomes
+
+
 def record_update(*, bucket: BucketSchema, key: Any, data: dict[str, Any]) -> Record:
     with transaction.atomic():
         return _update(bucket, key, data)

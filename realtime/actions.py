@@ -74,9 +74,25 @@ async def auth_whoami(ctx: Context) -> Any:
 # --- store reads and writes ---------------------------------------------------
 
 
+async def store_insert_batch(contexts: list[Context]) -> list[Any]:
+    """Pipelined inserts of one connection: one database hop for all of them,
+    each still its own transaction. Returns a record or an error for each."""
+    items: list[tuple[Any, Any] | StoreError] = []
+    for ctx in contexts:
+        try:
+            items.append((fields.bucket(ctx.body), fields.obj(ctx.body, "data")))
+        except StoreError as error:
+            items.append(error)
+    valid = [item for item in items if not isinstance(item, StoreError)]
+    inserted = iter(await db(services.record_insert_each)(items=valid) if valid else [])
+    return [item if isinstance(item, StoreError) else next(inserted) for item in items]
+
+
 async def store_insert(ctx: Context) -> Any:
-    bucket = fields.bucket(ctx.body)
-    return await db(services.record_insert)(bucket=bucket, data=fields.obj(ctx.body, "data"))
+    [outcome] = await store_insert_batch([ctx])
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
 
 
 async def store_get(ctx: Context) -> Any:
@@ -258,6 +274,11 @@ async def store_unsubscribe(ctx: Context) -> Any:
 class Encoded(str):
     """A result already encoded as JSON."""
 
+
+# Operations whose pipelined requests the consumer answers in one batch.
+BATCHED: dict[str, Callable[[list[Context]], Awaitable[list[Any]]]] = {
+    "store.insert": store_insert_batch,
+}
 
 ACTIONS: dict[str, Handler] = {
     "auth.login": auth_login,

@@ -3,6 +3,7 @@ table, and writes replies and pushes through one ordered outbox."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 import time
@@ -12,7 +13,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from . import frames
-from .actions import ACTIONS, Context, Encoded
+from .actions import ACTIONS, BATCHED, Context, Encoded
 from .auth import Session
 from .errors import (
     CLOSE_HEARTBEAT_TIMEOUT,
@@ -35,6 +36,11 @@ logger = logging.getLogger(__name__)
 # name another's subscription by accident.
 _subscription_ids = itertools.count(1)
 
+# Requests read but not yet answered, before the socket stops being read.
+INBOX_LIMIT = 256
+# Pipelined requests of one kind answered in one database hop.
+MAX_BATCH = 64
+
 
 def now_ms() -> int:
     return int(time.time() * 1000)
@@ -51,6 +57,9 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         self.subscriptions: dict[str, Subscription] = {}
         self.hub: Hub | None = None
         self.outbox: Outbox | None = None
+        self.inbox: collections.deque[frames.Request | str] = collections.deque()
+        self.inbox_has_room = asyncio.Event()
+        self.worker: asyncio.Task | None = None
         self.closed = False
         self.awaiting_pong = False
 
@@ -88,6 +97,9 @@ class DashboardConsumer(AsyncWebsocketConsumer):
                 self.hub.unsubscribe(subscription)
             self.hub.connections.discard(self)
         self.subscriptions.clear()
+        self.inbox.clear()
+        if self.worker is not None:
+            self.worker.cancel()
         if self.outbox is not None:
             self.outbox.close()
 
@@ -120,32 +132,89 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         if len(text) > limit // 4 and len(text.encode("utf-8", "surrogatepass")) > limit:
             await self.close_with(CLOSE_TOO_BIG, "message_too_large")
             return
-        await self.handle_text(text)
-
-    async def handle_text(self, text: str) -> None:
         try:
             request = frames.parse(text)
         except ProtocolError as error:
-            self.enqueue(frames.error_frame(0, error.code, error.message))
-            return
-        if request is frames.PONG:
-            self.awaiting_pong = False
-            return
-        try:
-            data = await self.run(request)
-        except StoreError as error:
-            self.enqueue(frames.error_frame(request.id, error.code, error.message, error.details))
-            return
-        except Exception:
-            logger.exception("request %r failed", request.type)
-            self.enqueue(frames.error_frame(request.id, INTERNAL_ERROR, "Internal server error"))
-            return
-        data_json = data if isinstance(data, Encoded) else frames.encode(data)
-        self.enqueue(frames.result_frame(request.id, data_json))
+            self.inbox.append(frames.error_frame(0, error.code, error.message))
+        else:
+            if request is frames.PONG:
+                self.awaiting_pong = False
+                return
+            self.inbox.append(request)
+        # Requests are answered in order by one worker; frames read while it
+        # waits on the database queue up here, which lets it run pipelined
+        # inserts in one database hop.
+        if self.worker is None:
+            self.worker = asyncio.create_task(self._work())
+        elif len(self.inbox) >= INBOX_LIMIT:
+            # Backpressure: stop reading the socket until the worker catches up.
+            self.inbox_has_room.clear()
+            await self.inbox_has_room.wait()
 
-    async def run(self, request: frames.Request) -> Any:
-        # The reference's order: authentication, then permission, then routing,
-        # so an unauthenticated client learns nothing about operation names.
+    async def _work(self) -> None:
+        inbox = self.inbox
+        try:
+            while inbox and not self.closed:
+                item = inbox.popleft()
+                if isinstance(item, str):
+                    self.enqueue(item)
+                elif item.type in BATCHED:
+                    batch = [item]
+                    while (
+                        inbox
+                        and len(batch) < MAX_BATCH
+                        and isinstance(inbox[0], frames.Request)
+                        and inbox[0].type == item.type
+                    ):
+                        batch.append(inbox.popleft())
+                    await self._answer_batch(batch)
+                else:
+                    await self._answer(item)
+                if len(inbox) < INBOX_LIMIT:
+                    self.inbox_has_room.set()
+        finally:
+            self.worker = None
+            self.inbox_has_room.set()
+
+    async def _answer(self, request: frames.Request) -> None:
+        try:
+            handler = self.authorize(request)
+            outcome = await handler(Context(self, request.type, request.body))
+        except Exception as error:
+            outcome = error
+        self.reply(request, outcome)
+
+    async def _answer_batch(self, batch: list[frames.Request]) -> None:
+        contexts: list[Context | Exception] = []
+        for request in batch:
+            try:
+                self.authorize(request)
+                contexts.append(Context(self, request.type, request.body))
+            except Exception as error:
+                contexts.append(error)
+        ready = [c for c in contexts if isinstance(c, Context)]
+        try:
+            outcomes = iter(await BATCHED[batch[0].type](ready) if ready else [])
+        except Exception as error:
+            outcomes = iter([error] * len(ready))
+        for request, context in zip(batch, contexts):
+            self.reply(request, context if isinstance(context, Exception) else next(outcomes))
+
+    def reply(self, request: frames.Request, outcome: Any) -> None:
+        """Sends the result or error frame for a request (one error path)."""
+        if isinstance(outcome, StoreError):
+            self.enqueue(frames.error_frame(request.id, outcome.code, outcome.message, outcome.details))
+        elif isinstance(outcome, Exception):
+            logger.error("request %r failed", request.type, exc_info=outcome)
+            self.enqueue(frames.error_frame(request.id, INTERNAL_ERROR, "Internal server error"))
+        else:
+            data_json = outcome if isinstance(outcome, Encoded) else frames.encode(outcome)
+            self.enqueue(frames.result_frame(request.id, data_json))
+
+    def authorize(self, request: frames.Request) -> Any:
+        """The request's handler, after the reference's order of checks:
+        authentication, then permission, then routing (so an unauthenticated
+        client learns nothing about operation names)."""
         operation = request.type
         if not operation.startswith("auth.") and operation not in SESSIONLESS:
             session = self.current_session()
@@ -155,7 +224,7 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         handler = ACTIONS.get(operation)
         if handler is None:
             raise ProtocolError(UNKNOWN_OPERATION, unknown_operation_message(operation))
-        return await handler(Context(self, operation, request.body))
+        return handler
 
     def current_session(self) -> Session:
         session = self.session

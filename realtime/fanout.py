@@ -46,12 +46,39 @@ def publish_change(sender: Any, changes: dict[str, list[str] | None], **kwargs: 
     if layer is None:
         return
     message = {"type": CHANGED_MESSAGE, "changes": changes, "origin": os.getpid()}
+    loop = _server_loop
+    if loop is not None and loop.is_running() and _in_other_thread(loop):
+        # In a server process the commit ran in the database thread: hand the
+        # send to the event loop and return at once, instead of blocking the
+        # only database thread for a loop round trip on every write.
+        loop.call_soon_threadsafe(_send_soon, layer, message)
+        return
     try:
         async_to_sync(layer.group_send)(CHANGES_GROUP, message)
     except Exception:
         # The write is committed; failing it now would lie to the writer.
         # Subscribers recover on their next change or by resubscribing.
         logger.exception("could not publish a store change to the channel layer")
+
+
+_server_loop: asyncio.AbstractEventLoop | None = None
+
+
+def _in_other_thread(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is not loop
+    except RuntimeError:
+        return True
+
+
+def _send_soon(layer: Any, message: dict[str, Any]) -> None:
+    task = asyncio.ensure_future(layer.group_send(CHANGES_GROUP, message))
+    task.add_done_callback(_log_send_failure)
+
+
+def _log_send_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("could not publish a store change to the channel layer", exc_info=task.exception())
 
 
 @dataclass(eq=False)
@@ -96,7 +123,8 @@ def _evaluate_all(lives: list[LiveQuery]) -> list[str | BaseException]:
 
 class Hub:
     def __init__(self) -> None:
-        self.loop = asyncio.get_running_loop()
+        global _server_loop
+        self.loop = _server_loop = asyncio.get_running_loop()
         self.live: dict[tuple[str, str], LiveQuery] = {}
         self.connections: set[DashboardConsumer] = set()
         self.pending: set[str] = set()
@@ -181,15 +209,27 @@ class Hub:
             self.wakeup.set()
 
     async def _evaluate_changes(self) -> None:
+        loop = asyncio.get_running_loop()
+        rest_until = 0.0
         while True:
             await self.wakeup.wait()
+            # After a round, rest as long as it took before the next one: under
+            # a stream of writes the fan-out takes at most about half of the
+            # loop and each round covers every change made meanwhile, while a
+            # lone change is still evaluated at once.
+            rest = rest_until - loop.time()
+            if rest > 0:
+                await asyncio.sleep(rest)
             self.wakeup.clear()
+            started = loop.time()
             try:
                 await self.run_round()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 logger.exception("fan-out round failed")
+            finished = loop.time()
+            rest_until = finished + (finished - started)
 
     async def run_round(self) -> None:
         async with self.lock:
