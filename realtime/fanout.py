@@ -26,7 +26,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from .frames import encode, push_frame
+from .frames import encode, push_frame_prefix
 from .queries import QueryDef, QueryStore
 
 if TYPE_CHECKING:
@@ -89,6 +89,11 @@ class Subscription:
     last_json: str
     # The session last found allowed to receive this subscription's pushes.
     allowed_for: Any = None
+    # Everything of the push frame before the data: made once, used per push.
+    frame_prefix: str = ""
+
+    def __post_init__(self) -> None:
+        self.frame_prefix = push_frame_prefix(self.subscription_id)
 
 
 @dataclass(eq=False)
@@ -249,9 +254,7 @@ class Hub:
                         subscription.last_json = result  # share the newest string
                         continue
                     subscription.last_json = result
-                    subscription.consumer.deliver_push(
-                        subscription, push_frame(subscription.subscription_id, result)
-                    )
+                    subscription.consumer.deliver_push(subscription, subscription.frame_prefix + result + "}")
 
     async def _refresh_group(self, layer: Any) -> None:
         while True:

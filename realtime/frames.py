@@ -113,14 +113,10 @@ def error_frame(request_id: int | float, code: str, message: str, details: Any =
     return frame + "}"
 
 
-def push_frame(subscription_id: str, data_json: str) -> str:
-    return (
-        '{"type":"push","channel":"subscription","subscriptionId":'
-        + dumps(subscription_id)
-        + ',"data":'
-        + data_json
-        + "}"
-    )
+def push_frame_prefix(subscription_id: str) -> str:
+    """A push frame up to its data: the frame is prefix + data JSON + "}"."""
+    return '{"type":"push","channel":"subscription","subscriptionId":' + dumps(subscription_id) + ',"data":'
+
 
 
 def welcome_frame(server_time_ms: int) -> str:
