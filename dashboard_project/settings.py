@@ -103,7 +103,9 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 REDIS_URL = os.environ.get("REDIS_URL", "")
 CHANNEL_GROUP_EXPIRY = 7 * 24 * 3600
 CHANNEL_CAPACITY = env_int("DASHBOARD_CHANNEL_CAPACITY", 10_000)
-if REDIS_URL:
+# Which Redis layer: "pubsub" (default, see README "Scaling out") or "core".
+REDIS_LAYER = os.environ.get("DASHBOARD_REDIS_LAYER", "pubsub")
+if REDIS_URL and REDIS_LAYER == "core":
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
@@ -115,6 +117,13 @@ if REDIS_URL:
                 "capacity": CHANNEL_CAPACITY,
                 "expiry": 60,
             },
+        }
+    }
+elif REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": None}]},
         }
     }
 else:
@@ -145,6 +154,8 @@ DASHBOARD = {
     # Largest `n` / `limit` a request may ask for.
     "MAX_RESULT_LIMIT": env_int("DASHBOARD_MAX_RESULT_LIMIT", 100_000),
     "MAX_TRANSACTION_OPERATIONS": env_int("DASHBOARD_MAX_TRANSACTION_OPERATIONS", 1000),
+    # How often each process checks that its channel-layer messages arrive.
+    "LAYER_PROBE_SECONDS": float(os.environ.get("DASHBOARD_LAYER_PROBE_SECONDS", "2")),
     "SHUTDOWN_GRACE_MS": env_int("DASHBOARD_SHUTDOWN_GRACE_MS", 1000),
 }
 

@@ -1,23 +1,27 @@
 """Per-process fan-out of store changes to live subscriptions.
 
-Each server process runs one Hub. After a commit, `publish_change` sends one
-small message (bucket names and at most a few keys) to the channel-layer group
-that every process's hub joins once. A hub that receives it re-evaluates each
-distinct (query, params) its own clients subscribe to, once, encodes each
-result once, and hands the ready push frame to the subscriptions whose last
-result differs. Channel-layer traffic per change is one message per process,
-whatever the number of viewers (see docs/fanout.md for the design and costs).
+Each server process runs one Hub. After a commit, `publish_change` tells the
+local hub directly and sends one small message (bucket names and at most a
+few keys) to the channel-layer group that every process's hub joins once;
+hubs ignore their own process's messages. A hub re-evaluates each distinct
+(query, params) its own clients subscribe to, once, encodes each result once,
+and hands the ready push frame to the subscriptions whose last result
+differs. Channel-layer traffic per change is one message, whatever the number
+of viewers (see docs/fanout.md for the design and costs).
 
 Changes that arrive while an evaluation runs are merged into the next one,
 so under a burst a subscription may skip intermediate results but always gets
 the result after the last change (the protocol's latest-state guarantee).
+Because every evaluation reads the database, a lost layer message delays a
+push but never corrupts one: each hub probes the layer with its own messages
+and, when they stop coming back, re-evaluates everything once they return.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +40,9 @@ logger = logging.getLogger(__name__)
 
 CHANGES_GROUP = "dashboard.changes"
 CHANGED_MESSAGE = "store.changed"
+PROBE_MESSAGE = "hub.probe"
+# Tells this process's messages from the others' on the shared group.
+PROCESS_ID = uuid.uuid4().hex[:16]
 # Re-join the group well before the layer's group expiry could drop us.
 GROUP_REFRESH_SECONDS = 3600
 
@@ -45,13 +52,17 @@ def publish_change(sender: Any, changes: dict[str, list[str] | None], **kwargs: 
     layer = get_channel_layer()
     if layer is None:
         return
-    message = {"type": CHANGED_MESSAGE, "changes": changes, "origin": os.getpid()}
-    loop = _server_loop
-    if loop is not None and loop.is_running() and _in_other_thread(loop):
-        # In a server process the commit ran in the database thread: hand the
-        # send to the event loop and return at once, instead of blocking the
-        # only database thread for a loop round trip on every write.
-        loop.call_soon_threadsafe(_send_soon, layer, message)
+    message = {"type": CHANGED_MESSAGE, "changes": changes, "origin": PROCESS_ID}
+    hub = _local_hub
+    if hub is not None and hub.loop.is_running():
+        # A server process: its own hub learns of the change directly (no
+        # layer round trip, and it still learns when the layer is down), and
+        # the other processes through the layer. The commit ran in the
+        # database thread, which must not wait for the loop.
+        if _in_other_thread(hub.loop):
+            hub.loop.call_soon_threadsafe(hub.publish_local, layer, message)
+        else:
+            hub.publish_local(layer, message)
         return
     try:
         async_to_sync(layer.group_send)(CHANGES_GROUP, message)
@@ -61,7 +72,7 @@ def publish_change(sender: Any, changes: dict[str, list[str] | None], **kwargs: 
         logger.exception("could not publish a store change to the channel layer")
 
 
-_server_loop: asyncio.AbstractEventLoop | None = None
+_local_hub: "Hub | None" = None
 
 
 def _in_other_thread(loop: asyncio.AbstractEventLoop) -> bool:
@@ -71,14 +82,7 @@ def _in_other_thread(loop: asyncio.AbstractEventLoop) -> bool:
         return True
 
 
-def _send_soon(layer: Any, message: dict[str, Any]) -> None:
-    task = asyncio.ensure_future(layer.group_send(CHANGES_GROUP, message))
-    task.add_done_callback(_log_send_failure)
 
-
-def _log_send_failure(task: asyncio.Task) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        logger.error("could not publish a store change to the channel layer", exc_info=task.exception())
 
 
 @dataclass(eq=False)
@@ -128,8 +132,7 @@ def _evaluate_all(lives: list[LiveQuery]) -> list[str | BaseException]:
 
 class Hub:
     def __init__(self) -> None:
-        global _server_loop
-        self.loop = _server_loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
         self.live: dict[tuple[str, str], LiveQuery] = {}
         self.connections: set[DashboardConsumer] = set()
         self.pending: set[str] = set()
@@ -140,15 +143,23 @@ class Hub:
         self.lock = asyncio.Lock()
         self.channel_name: str | None = None
         self.tasks: list[asyncio.Task] = []
+        # Counters, for logs and tests.
         self.changes_received = 0
         self.rounds = 0
+        self.layer_failures = 0
+        self.resyncs = 0
+        self.layer_healthy = True
+        self._probes_sent = 0
+        self._probe_returned = 0
         self._started = False
         self._starting = asyncio.Lock()
 
     async def start(self) -> None:
+        global _local_hub
         async with self._starting:
             if self._started:
                 return
+            _local_hub = self
             layer = get_channel_layer()
             self.channel_name = await layer.new_channel("dashboard.hub.")
             await layer.group_add(CHANGES_GROUP, self.channel_name)
@@ -157,10 +168,14 @@ class Hub:
                 asyncio.create_task(self._evaluate_changes(), name="hub-evaluate"),
                 asyncio.create_task(self._refresh_group(layer), name="hub-refresh"),
                 asyncio.create_task(self._heartbeat(), name="hub-heartbeat"),
+                asyncio.create_task(self._probe(layer), name="hub-probe"),
             ]
             self._started = True
 
     async def stop(self) -> None:
+        global _local_hub
+        if _local_hub is self:
+            _local_hub = None
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -207,11 +222,62 @@ class Hub:
                 logger.exception("channel layer receive failed; retrying")
                 await asyncio.sleep(1)
                 continue
-            if message.get("type") != CHANGED_MESSAGE:
-                continue
-            self.changes_received += 1
-            self.pending.update(message.get("changes") or ())
+            kind, origin = message.get("type"), message.get("origin")
+            if kind == CHANGED_MESSAGE and origin != PROCESS_ID:
+                self.note_changes(message.get("changes") or {})
+            elif kind == PROBE_MESSAGE and origin == PROCESS_ID:
+                self._probe_came_back(message.get("n", 0))
+
+    def note_changes(self, changes: dict[str, Any]) -> None:
+        self.changes_received += 1
+        self.pending.update(changes)
+        self.wakeup.set()
+
+    def publish_local(self, layer: Any, message: dict[str, Any]) -> None:
+        """A change committed in this process: apply it here, send it on."""
+        self.note_changes(message["changes"])
+        task = asyncio.ensure_future(layer.group_send(CHANGES_GROUP, message))
+        task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self._layer_failed("could not publish a store change", task.exception())
+
+    # --- layer health ------------------------------------------------------
+
+    async def _probe(self, layer: Any) -> None:
+        """Sends this hub a message through the layer every few seconds. If
+        one does not come back in time, changes from other processes may have
+        been lost too; when probes return, every live query is re-evaluated."""
+        interval = settings.DASHBOARD["LAYER_PROBE_SECONDS"]
+        while True:
+            await asyncio.sleep(interval)
+            if self._probes_sent > self._probe_returned:
+                self._layer_failed("a layer probe did not come back", None)
+            self._probes_sent += 1
+            try:
+                await layer.group_send(
+                    CHANGES_GROUP, {"type": PROBE_MESSAGE, "origin": PROCESS_ID, "n": self._probes_sent}
+                )
+            except Exception as error:
+                self._layer_failed("could not send a layer probe", error)
+
+    def _probe_came_back(self, n: int) -> None:
+        self._probe_returned = max(self._probe_returned, n)
+        if not self.layer_healthy and n == self._probes_sent:
+            self.layer_healthy = True
+            self.resyncs += 1
+            logger.warning("channel layer is back: re-evaluating every live query")
+            for live in self.live.values():
+                self.pending.update(live.buckets)
             self.wakeup.set()
+
+    def _layer_failed(self, what: str, error: BaseException | None) -> None:
+        self.layer_failures += 1
+        if self.layer_healthy:
+            self.layer_healthy = False
+            logger.error("%s: pushes from other processes may be missed until it recovers", what,
+                         exc_info=error)
 
     async def _evaluate_changes(self) -> None:
         loop = asyncio.get_running_loop()

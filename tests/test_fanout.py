@@ -143,3 +143,35 @@ async def test_burst_of_writes_ends_with_the_final_result(connect):
         seen.append(frame["data"])
     assert seen == sorted(set(seen)), "results went backwards or repeated"
     assert await viewer.nothing()
+
+
+async def test_lost_layer_messages_are_repaired_when_the_layer_returns(connect, settings, monkeypatch):
+    """A change this process never heard of (another process's, during a layer
+    outage) reaches subscribers once the hub's probes come back."""
+    settings.DASHBOARD = {**settings.DASHBOARD, "LAYER_PROBE_SECONDS": 0.05}
+    viewer = await connect("viewer-token")
+    sub = await viewer.ok("store.subscribe", query="metric-count")
+    hub = fanout.get_hub()
+    layer = fanout.get_channel_layer()
+    original = layer.group_send
+    outage = True
+
+    async def flaky_group_send(group, message):
+        if outage:
+            raise ConnectionError("layer down")
+        await original(group, message)
+
+    monkeypatch.setattr(layer, "group_send", flaky_group_send)
+    async with asyncio.timeout(5):  # the next probe notices the outage
+        while hub.layer_healthy:
+            await asyncio.sleep(0.01)
+    # bulk_create sends no signals: as if another process wrote meanwhile.
+    await sync_to_async(Metric.objects.bulk_create)(
+        [Metric(key=f"k{i}", name="cpu", value=i, timestamp=i, created_at=1, updated_at=1) for i in range(3)]
+    )
+    assert await viewer.nothing(timeout=0.2)
+    outage = False
+    assert await viewer.push() == {
+        "type": "push", "channel": "subscription", "subscriptionId": sub["subscriptionId"], "data": 3,
+    }
+    assert hub.layer_healthy and hub.resyncs == 1 and hub.layer_failures >= 1
