@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import EmptyResultSet
+from django.db import connections
 from django.db.models import Avg, Max, Min, QuerySet, Sum
 
 from . import records
@@ -25,7 +27,19 @@ def _queryset(bucket: BucketSchema, filter_spec: Any = None) -> QuerySet:
 
 
 def _load(bucket: BucketSchema, qs: QuerySet) -> list[Record]:
-    return records.load(bucket, list(qs.values_list("seq", "version")))
+    return records.load(bucket, _identities(qs))
+
+
+def _identities(qs: QuerySet) -> list[tuple[int, int]]:
+    """(seq, version) of each row, straight from the cursor: Django's row
+    iterator would cost more than the query itself for a large bucket."""
+    try:
+        sql, params = qs.values_list("seq", "version").query.sql_with_params()
+    except EmptyResultSet:
+        return []
+    with connections[qs.db].cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
 
 
 def record_get(*, bucket: BucketSchema, key: Any) -> Record | None:
@@ -59,7 +73,7 @@ def record_first(*, bucket: BucketSchema, n: int) -> list[Record]:
 
 def record_last(*, bucket: BucketSchema, n: int) -> list[Record]:
     """The newest n records, oldest first."""
-    newest = list(_queryset(bucket).order_by("-seq").values_list("seq", "version")[:n])
+    newest = _identities(_queryset(bucket).order_by("-seq")[:n])
     newest.reverse()
     return records.load(bucket, newest)
 

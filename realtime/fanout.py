@@ -108,6 +108,9 @@ class LiveQuery:
     buckets: set[str] = field(default_factory=set)
     subscriptions: dict[int, Subscription] = field(default_factory=dict)
     evaluations: int = 0
+    # The JSON of the last round's result; subscriptions that hold this very
+    # string are known to be up to date with it.
+    last_json: str | None = None
 
 
 def evaluate(live: LiveQuery) -> str:
@@ -315,12 +318,20 @@ class Hub:
             for live, result in zip(lives, results):
                 if isinstance(result, BaseException):
                     continue
+                previous, live.last_json = live.last_json, result
+                # Subscriptions that hold the previous round's string (most of
+                # them) share one comparison; newer ones compare their own.
+                changed_since_previous = previous is None or previous != result
                 for subscription in list(live.subscriptions.values()):
-                    if subscription.last_json == result:
-                        subscription.last_json = result  # share the newest string
-                        continue
+                    if subscription.last_json is previous:
+                        changed = changed_since_previous
+                    else:
+                        changed = subscription.last_json != result
                     subscription.last_json = result
-                    subscription.consumer.deliver_push(subscription, subscription.frame_prefix + result + "}")
+                    if changed:
+                        subscription.consumer.deliver_push(
+                            subscription, "".join((subscription.frame_prefix, result, "}"))
+                        )
 
     async def _refresh_group(self, layer: Any) -> None:
         while True:

@@ -90,6 +90,9 @@ def encode(value: Any) -> str:
     if isinstance(value, Record):
         return value.json()
     if isinstance(value, list):
+        if value and all(type(item) is Record for item in value):
+            # The common case (a query's records): no recursion per item.
+            return "[" + ",".join([item.json() for item in value]) + "]"
         return "[" + ",".join([encode(item) for item in value]) + "]"
     if isinstance(value, dict):
         return "{" + ",".join([dumps(str(k)) + ":" + encode(v) for k, v in value.items()]) + "}"
