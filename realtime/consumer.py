@@ -17,6 +17,7 @@ from .actions import ACTIONS, BATCHED, Context, Encoded
 from .auth import Session
 from .errors import (
     CLOSE_HEARTBEAT_TIMEOUT,
+    CLOSE_SESSION_REVOKED,
     CLOSE_TOO_BIG,
     CLOSE_UNSUPPORTED_DATA,
     FORBIDDEN,
@@ -107,6 +108,21 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         if not self.closed:
             self.release()
             await self.close(code=code, reason=reason)
+
+    def revoke(self, reason: str) -> None:
+        """The session's token was revoked or its user deactivated: say why,
+        then close with 4002."""
+        if self.closed:
+            return
+        self.session = None
+        self.enqueue(frames.system_frame("session_revoked", reason=reason))
+        asyncio.ensure_future(self.close_after_outbox(CLOSE_SESSION_REVOKED, "session_revoked"))
+
+    async def close_after_outbox(self, code: int, reason: str) -> None:
+        """Closes once every queued frame has gone out (a slow reader gets a
+        bounded wait, then the close)."""
+        await self.outbox.flushed(timeout=2.0)
+        await self.close_with(code, reason)
 
     def heartbeat_tick(self, now_ms: int) -> None:
         """Called by the hub every interval: ping, or close if the last ping

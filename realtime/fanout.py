@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 CHANGES_GROUP = "dashboard.changes"
 CHANGED_MESSAGE = "store.changed"
 PROBE_MESSAGE = "hub.probe"
+REVOKED_MESSAGE = "session.revoked"
 # Tells this process's messages from the others' on the shared group.
 PROCESS_ID = uuid.uuid4().hex[:16]
 # Re-join the group well before the layer's group expiry could drop us.
@@ -70,6 +71,29 @@ def publish_change(sender: Any, changes: dict[str, list[str] | None], **kwargs: 
         # The write is committed; failing it now would lie to the writer.
         # Subscribers recover on their next change or by resubscribing.
         logger.exception("could not publish a store change to the channel layer")
+
+
+def publish_revocation(token_ids: list[str], reason: str) -> None:
+    """Ends, on every server process, the live sessions that were opened with
+    these tokens (ids as the token validator puts them in Session.token_id).
+    Callable from any thread or process, like publish_change."""
+    layer = get_channel_layer()
+    if layer is None or not token_ids:
+        return
+    message = {"type": REVOKED_MESSAGE, "tokens": [str(t) for t in token_ids], "reason": reason}
+    hub = _local_hub
+    if hub is not None and hub.loop.is_running():
+        # The local hub acts at once; the layer message reaches the others
+        # (and this hub again, harmlessly: the sessions are gone by then).
+        if _in_other_thread(hub.loop):
+            hub.loop.call_soon_threadsafe(hub.revoke_local, layer, message)
+        else:
+            hub.revoke_local(layer, message)
+        return
+    try:
+        async_to_sync(layer.group_send)(CHANGES_GROUP, message)
+    except Exception:
+        logger.exception("could not publish a session revocation to the channel layer")
 
 
 _local_hub: "Hub | None" = None
@@ -230,6 +254,19 @@ class Hub:
                 self.note_changes(message.get("changes") or {})
             elif kind == PROBE_MESSAGE and origin == PROCESS_ID:
                 self._probe_came_back(message.get("n", 0))
+            elif kind == REVOKED_MESSAGE:
+                self.revoke_sessions(set(message.get("tokens") or ()), str(message.get("reason", "")))
+
+    def revoke_sessions(self, token_ids: set[str], reason: str) -> None:
+        for consumer in list(self.connections):
+            session = consumer.session
+            if session is not None and session.token_id is not None and session.token_id in token_ids:
+                consumer.revoke(reason)
+
+    def revoke_local(self, layer: Any, message: dict[str, Any]) -> None:
+        self.revoke_sessions(set(message["tokens"]), message["reason"])
+        task = asyncio.ensure_future(layer.group_send(CHANGES_GROUP, message))
+        task.add_done_callback(self._sent)
 
     def note_changes(self, changes: dict[str, Any]) -> None:
         self.changes_received += 1

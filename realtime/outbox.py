@@ -98,6 +98,17 @@ class Outbox:
             self._drain.cancel()
             self._drain = None
 
+    async def flushed(self, timeout: float) -> bool:
+        """Waits until everything queued has been handed to the server."""
+        drain = self._drain
+        if drain is None:
+            return True
+        try:
+            await asyncio.wait_for(asyncio.shield(drain), timeout)
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            return False
+        return self._drain is None and not self._queue
+
     def _send_now(self, frame: str) -> None:
         coroutine = self._send({"type": "websocket.send", "text": frame})
         try:
