@@ -11,10 +11,13 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from realtime.origins import allowed_hosts_origin_validator  # noqa: E402
 from realtime.routing import websocket_urlpatterns  # noqa: E402
+from realtime.shutdown import lifespan  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
         "websocket": allowed_hosts_origin_validator(URLRouter(websocket_urlpatterns)),
+        # uvicorn's lifespan events: graceful shutdown of WebSocket clients.
+        "lifespan": lifespan,
     }
 )

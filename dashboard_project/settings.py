@@ -151,6 +151,16 @@ DASHBOARD = {
     "MAX_FRAME_BYTES": env_int("DASHBOARD_MAX_FRAME_BYTES", 1024 * 1024),
     "HEARTBEAT_SECONDS": float(os.environ.get("DASHBOARD_HEARTBEAT_SECONDS", "30")),
     "MAX_SUBSCRIPTIONS_PER_CONNECTION": env_int("DASHBOARD_MAX_SUBSCRIPTIONS", 100),
+    # Per server process.
+    "MAX_SUBSCRIPTIONS_TOTAL": env_int("DASHBOARD_MAX_SUBSCRIPTIONS_TOTAL", 100_000),
+    "MAX_CONNECTIONS_PER_ADDRESS": env_int("DASHBOARD_MAX_CONNECTIONS_PER_ADDRESS", 5000),
+    # Requests per user and process: a burst of RATE, RATE per WINDOW on average.
+    "REQUEST_RATE": env_int("DASHBOARD_REQUEST_RATE", 10_000),
+    "REQUEST_RATE_WINDOW_SECONDS": float(os.environ.get("DASHBOARD_REQUEST_RATE_WINDOW_SECONDS", "10")),
+    "MAX_PARAMS_BYTES": env_int("DASHBOARD_MAX_PARAMS_BYTES", 4096),
+    # Frames waiting for a slow reader (pushes are coalesced per subscription
+    # first); past this the connection is closed with 1008.
+    "MAX_OUTBOX_BYTES": env_int("DASHBOARD_MAX_OUTBOX_BYTES", 64 * 1024 * 1024),
     # Largest `n` / `limit` a request may ask for.
     "MAX_RESULT_LIMIT": env_int("DASHBOARD_MAX_RESULT_LIMIT", 100_000),
     "MAX_TRANSACTION_OPERATIONS": env_int("DASHBOARD_MAX_TRANSACTION_OPERATIONS", 1000),

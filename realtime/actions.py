@@ -21,6 +21,7 @@ from . import fields
 from .auth import TokenExpired, validate_token
 from .errors import NOT_FOUND, RATE_LIMITED, UNAUTHORIZED, ProtocolError, StoreError
 from .fanout import get_hub
+from .frames import encode
 from .queries import QUERIES, get_query
 
 if TYPE_CHECKING:
@@ -255,8 +256,14 @@ async def store_subscribe(ctx: Context) -> Any:
     limit = settings.DASHBOARD["MAX_SUBSCRIPTIONS_PER_CONNECTION"]
     if len(consumer.subscriptions) >= limit:
         raise ProtocolError(RATE_LIMITED, f"Subscription limit reached (max {limit} per connection)")
+    total = settings.DASHBOARD["MAX_SUBSCRIPTIONS_TOTAL"]
+    if consumer.hub.subscription_count >= total:
+        raise ProtocolError(RATE_LIMITED, f"Subscription limit reached (max {total} in total)")
     query = get_query(fields.non_empty_string(ctx.body, "query"))
     params = fields.optional_obj(ctx.body, "params") or {}
+    max_params = settings.DASHBOARD["MAX_PARAMS_BYTES"]
+    if len(encode(params)) > max_params:
+        raise StoreError(VALIDATION_ERROR, f'Invalid "params": at most {max_params} bytes')
     subscription_id = consumer.next_subscription_id()
     subscription, initial = await consumer.hub.subscribe(consumer, subscription_id, query, params)
     # No await from here to the reply, so the reply precedes every push.

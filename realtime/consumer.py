@@ -17,11 +17,14 @@ from .actions import ACTIONS, BATCHED, Context, Encoded
 from .auth import Session
 from .errors import (
     CLOSE_HEARTBEAT_TIMEOUT,
+    CLOSE_POLICY_VIOLATION,
+    CLOSE_TOO_MANY_CONNECTIONS,
     CLOSE_SESSION_REVOKED,
     CLOSE_TOO_BIG,
     CLOSE_UNSUPPORTED_DATA,
     FORBIDDEN,
     INTERNAL_ERROR,
+    RATE_LIMITED,
     UNAUTHORIZED,
     UNKNOWN_OPERATION,
     ProtocolError,
@@ -83,9 +86,20 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         self.hub = get_hub()
         await self.hub.start()
         await self.accept()
-        self.outbox = Outbox(self.base_send)
-        self.hub.connections.add(self)
+        limits = settings.DASHBOARD
+        self.outbox = Outbox(self.base_send, limits["MAX_OUTBOX_BYTES"], self._outbox_overflow)
+        address = client_address(self.scope)
+        if not self.hub.admit(self, address, limits["MAX_CONNECTIONS_PER_ADDRESS"]):
+            await self.close_with(CLOSE_TOO_MANY_CONNECTIONS, "too_many_connections")
+            return
         self.enqueue(frames.welcome_frame(now_ms()))
+
+    def _outbox_overflow(self) -> None:
+        # Coalescing already keeps one push per subscription: a client this
+        # far behind is not reading. Free its frames and close it.
+        logger.warning("closing a connection whose client does not read (%d bytes waiting)", self.outbox.queued)
+        self.outbox.close()
+        asyncio.ensure_future(self.close_with(CLOSE_POLICY_VIOLATION, "slow_consumer"))
 
     async def disconnect(self, code: int) -> None:
         self.release()
@@ -96,7 +110,7 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         if self.hub is not None:
             for subscription in self.subscriptions.values():
                 self.hub.unsubscribe(subscription)
-            self.hub.connections.discard(self)
+            self.hub.release(self)
         self.subscriptions.clear()
         self.inbox.clear()
         if self.worker is not None:
@@ -237,6 +251,11 @@ class DashboardConsumer(AsyncWebsocketConsumer):
             resource = resource_of(operation, request.body)
             if not is_allowed(session, operation, resource):
                 raise ProtocolError(FORBIDDEN, f"No permission for {operation} on {resource}")
+            retry_after = self.hub.request_limiter().retry_after_ms(session.user_id)
+            if retry_after:
+                raise ProtocolError(
+                    RATE_LIMITED, f"Rate limit exceeded. Retry after {retry_after}ms", {"retryAfterMs": retry_after}
+                )
         handler = ACTIONS.get(operation)
         if handler is None:
             raise ProtocolError(UNKNOWN_OPERATION, unknown_operation_message(operation))
@@ -298,6 +317,11 @@ class DashboardConsumer(AsyncWebsocketConsumer):
 SESSIONLESS = frozenset({"ping"})
 
 RESOURCE_FIELDS = {"store.subscribe": "query", "store.unsubscribe": "subscriptionId"}
+
+
+def client_address(scope: dict[str, Any]) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
 
 
 def resource_of(operation: str, body: dict[str, Any]) -> str:

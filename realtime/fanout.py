@@ -31,6 +31,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from .frames import encode, push_frame_prefix
+from .limits import RequestLimiter
 from .queries import QueryDef, QueryStore
 
 if TYPE_CHECKING:
@@ -162,6 +163,10 @@ class Hub:
         self.loop = asyncio.get_running_loop()
         self.live: dict[tuple[str, str], LiveQuery] = {}
         self.connections: set[DashboardConsumer] = set()
+        self.connections_per_address: dict[str, int] = {}
+        self._addresses: dict[DashboardConsumer, str] = {}
+        self.subscription_count = 0
+        self._limiter: RequestLimiter | None = None
         self.pending: set[str] = set()
         self.wakeup = asyncio.Event()
         # Serializes every read that feeds a subscription (initial results
@@ -228,14 +233,46 @@ class Hub:
                 raise result
             subscription = Subscription(consumer, subscription_id, live, result)
             live.subscriptions[id(subscription)] = subscription
+            self.subscription_count += 1
             self.live[key] = live
             return subscription, result
 
     def unsubscribe(self, subscription: Subscription) -> None:
         live = subscription.live
-        live.subscriptions.pop(id(subscription), None)
+        if live.subscriptions.pop(id(subscription), None) is not None:
+            self.subscription_count -= 1
         if not live.subscriptions and self.live.get(live.key) is live:
             del self.live[live.key]
+
+    # --- connections -------------------------------------------------------
+
+    def admit(self, consumer: "DashboardConsumer", address: str, limit: int) -> bool:
+        """Registers a connection unless its address already has `limit`."""
+        count = self.connections_per_address.get(address, 0)
+        if count >= limit:
+            return False
+        self.connections_per_address[address] = count + 1
+        self._addresses[consumer] = address
+        self.connections.add(consumer)
+        return True
+
+    def release(self, consumer: "DashboardConsumer") -> None:
+        self.connections.discard(consumer)
+        address = self._addresses.pop(consumer, None)
+        if address is not None:
+            left = self.connections_per_address[address] - 1
+            if left:
+                self.connections_per_address[address] = left
+            else:
+                del self.connections_per_address[address]
+
+    def request_limiter(self) -> RequestLimiter:
+        rate = settings.DASHBOARD["REQUEST_RATE"]
+        per = settings.DASHBOARD["REQUEST_RATE_WINDOW_SECONDS"]
+        limiter = self._limiter
+        if limiter is None or (limiter.rate, limiter.per) != (rate, per):
+            limiter = self._limiter = RequestLimiter(rate, per)
+        return limiter
 
     # --- changes ---------------------------------------------------------
 

@@ -54,12 +54,17 @@ class _Resume:
 
 
 class Outbox:
-    def __init__(self, send: Send) -> None:
+    def __init__(self, send: Send, max_bytes: int, on_overflow: Callable[[], None]) -> None:
         self._send = send
         self._queue: collections.deque[str | PushSlot] = collections.deque()
         self._pushes: dict[str, PushSlot] = {}
         self._drain: asyncio.Task | None = None
         self.closed = False
+        # What waits for a slow reader, in characters (bytes for ASCII JSON).
+        self.queued = 0
+        self.max_bytes = max_bytes
+        self._on_overflow = on_overflow
+        self.overflowed = False
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -71,29 +76,41 @@ class Outbox:
             self._send_now(frame)
         else:
             self._queue.append(frame)
+            self._grew(len(frame))
 
     def push(self, key: str, frame: str) -> None:
         if self.closed:
             return
         slot = self._pushes.get(key)
         if slot is not None:
-            slot.frame = frame  # not sent yet: only the newest result matters
+            # Not sent yet: only the newest result matters.
+            self._grew(len(frame) - len(slot.frame))
+            slot.frame = frame
         elif self._drain is None and not self._queue:
             self._send_now(frame)
         else:
             slot = self._pushes[key] = PushSlot(key, frame)
             self._queue.append(slot)
+            self._grew(len(frame))
+
+    def _grew(self, size: int) -> None:
+        self.queued += size
+        if self.queued > self.max_bytes and not self.closed and not self.overflowed:
+            self.overflowed = True
+            self._on_overflow()
 
     def drop(self, key: str) -> None:
         """Forgets a queued push (the subscription ended)."""
         slot = self._pushes.pop(key, None)
         if slot is not None:
+            self.queued -= len(slot.frame)
             slot.frame = ""
 
     def close(self) -> None:
         self.closed = True
         self._queue.clear()
         self._pushes.clear()
+        self.queued = 0
         if self._drain is not None:
             self._drain.cancel()
             self._drain = None
@@ -131,6 +148,7 @@ class Outbox:
                     if not item.frame:
                         continue
                     item = item.frame
+                self.queued -= len(item)
                 await self._send({"type": "websocket.send", "text": item})
         except asyncio.CancelledError:
             raise

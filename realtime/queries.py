@@ -44,6 +44,10 @@ class BucketReader:
     def aggregate(self, op: str, field: str, filter: dict | None = None) -> Any:
         return selectors.record_aggregate(bucket=self._bucket, op=op, field=field, filter=filter)
 
+    def stats_by_name(self) -> list[dict[str, Any]]:
+        """Per name: count, min, max, avg, last (newest value) and unit."""
+        return selectors.record_stats_by_name(bucket=self._bucket)
+
 
 class QueryStore:
     """What a query function reads through; remembers the buckets it touched."""
@@ -115,3 +119,8 @@ def latest_metrics(store: QueryStore, params: dict[str, Any]) -> Any:
 @define_query("active-alerts")
 def active_alerts(store: QueryStore, params: dict[str, Any]) -> Any:
     return store.bucket("alerts").all()
+
+
+@define_query("metric-stats")
+def metric_stats(store: QueryStore, params: dict[str, Any]) -> Any:
+    return store.bucket("metrics").stats_by_name()
