@@ -1,29 +1,31 @@
-"""Load client for the dashboard server: runs benchmark scenarios S1-S4 over the WebSocket protocol and checks every result.
+"""Benchmark load client for the dashboard server: scenarios S1-S4 over the WebSocket protocol, with correctness checks.
 
-It runs in its own process and speaks only the JSON protocol of docs `protocol.md`
-(no Django imports), so it measures the server as a real client sees it.
+It runs in its own process and speaks only the wire protocol (protocol.md: JSON text frames,
+numbered requests, pushes), with no Django imports, so it sees the server as any client does.
 
     .venv/bin/python bench/loadclient.py --url ws://127.0.0.1:8000/ws/ --server-pid PID
-    bench/run.sh uvicorn S1,S2,S3,S4 --smoke      # fresh pinned server + this client
+    bench/run.sh uvicorn S1,S2,S3,S4 --smoke      # fresh server on core 0, this client on core 1
 
 Scenarios (default sizes; --smoke shrinks them to a CI-sized correctness check):
   S1 latency  10 viewers x {all-metrics, metrics-by-name cpu, metric-count, latest-metrics 10};
               200 inserts, each waited for.  Insert and push latency, server CPU per insert.
   S2 fan-out  1,000 viewers (--viewers) on metric-count; 100 inserts paced at 20/s.
               Push latency, server CPU per insert, server peak RSS.
-  S3 ingest   50 viewers on metric-count + latest-metrics 10; 2,000 inserts, 32 in flight.
-              Acknowledged inserts/s, lag of the viewers' final count behind the last result.
+  S3 ingest   50 viewers on metric-count + latest-metrics 10; 2,000 inserts, 32 in flight on one
+              connection.  Acknowledged inserts/s, lag of the viewers' final count after the last result.
   S4 large    10,000 preloaded metrics, 10 viewers on all-metrics; 20 inserts, each waited
               for by the admin and by every viewer.  Push latency, bytes per push, CPU.
 
 Correctness, per run: every viewer ends on the final result, never receives the same result
 twice in a row, never receives a stale (smaller) result, and receives no more pushes than there
 were changes.  Fewer pushes than changes are reported as "coalesced", which the protocol's
-latest-state rule allows.  The exit status is 1 when any check failed.
+latest-state rule allows.  Replies must come in request order.  Exit status 1 if any check failed.
 
-Push latency is measured from just before the insert is sent to the arrival of the viewer's
-push whose result first reflects it.  Viewer frames are timestamped on arrival and parsed only
-when the stream is quiet, so parsing never delays the timestamps of frames still arriving.
+Push latency runs from just before the insert is sent to the arrival of the viewer's push whose
+result first reflects it.  Viewer frames are timestamped on arrival and parsed only when the
+stream is quiet, so parsing never delays the timestamps of frames still arriving.  Server CPU
+comes from /proc/PID/stat (10 ms ticks: small runs give coarse per-insert figures).  The client
+offers no permessage-deflate, so the figures are the server's own work, not zlib's.
 """
 from __future__ import annotations
 
@@ -39,11 +41,15 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.client import ClientProtocol
+from websockets.frames import CloseCode, Frame, Opcode
+from websockets.http11 import Response
+from websockets.protocol import State
+from websockets.typing import Origin
+from websockets.uri import parse_uri
 
 JSON = Any
 T = TypeVar("T")
@@ -62,6 +68,8 @@ LINGER_S = 0.3
 # Time between subscribing and the first write: any push arriving then is spurious.
 SETTLE_S = 0.3
 CLIENT_BOUND_RATIO = 0.8
+# Other processes' CPU on a pinned core above this share of a phase means the run was disturbed.
+CONTENDED_RATIO = 0.05
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 QuerySpec = tuple[str, dict[str, JSON] | None]
@@ -152,6 +160,25 @@ def status_kib(pids: Sequence[int], key: str) -> int:
     return total
 
 
+def core_busy_seconds(core: int) -> float:
+    """Busy time of one CPU so far, from /proc/stat (user nice system irq softirq steal)."""
+    with open("/proc/stat") as f:
+        for line in f:
+            fields = line.split()
+            if fields[0] == f"cpu{core}":
+                return sum(int(fields[i]) for i in (1, 2, 3, 6, 7, 8)) / CLK_TCK
+    return 0.0
+
+
+def pinned_core(pid: int) -> int | None:
+    """The one CPU the process may run on, or None when it is not pinned to one."""
+    try:
+        cores = os.sched_getaffinity(pid)
+    except OSError:
+        return None
+    return next(iter(cores)) if len(cores) == 1 else None
+
+
 def client_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -164,6 +191,10 @@ class PhaseFigures:
     server_cpu_s: float | None
     server_peak_rss_mib: float | None
     server_hwm_mib: float | None
+    # CPU used on the server's and the client's pinned cores by other processes: load from
+    # elsewhere that delays the benchmark and inflates its latencies.
+    foreign_server_core_s: float | None
+    foreign_client_core_s: float | None
 
     @property
     def client_bound(self) -> bool:
@@ -175,6 +206,8 @@ class PhaseMeter:
 
     def __init__(self, server_pid: int | None) -> None:
         self.pids = process_tree(server_pid) if server_pid else []
+        self.server_core = pinned_core(server_pid) if server_pid else None
+        self.client_core = pinned_core(0)
         self._peak_kib = 0
         self._poller: asyncio.Task[None] | None = None
 
@@ -183,6 +216,7 @@ class PhaseMeter:
         self._client0 = client_cpu_seconds()
         self._server0 = cpu_seconds(self.pids) if self.pids else 0.0
         self._peak_kib = status_kib(self.pids, "VmRSS") if self.pids else 0
+        self._busy0 = {core: core_busy_seconds(core) for core in self._cores()}
         if self.pids:
             self._poller = asyncio.create_task(self._poll_rss())
 
@@ -192,14 +226,27 @@ class PhaseMeter:
             await asyncio.sleep(0.05)
             self._peak_kib = max(self._peak_kib, status_kib(self.pids, "VmRSS"))
 
+    def _cores(self) -> set[int]:
+        return {core for core in (self.server_core, self.client_core) if core is not None}
+
+    def _foreign(self, core: int | None, server_cpu: float, client_cpu: float) -> float | None:
+        if core is None:
+            return None
+        ours = (server_cpu if core == self.server_core else 0.0) + (client_cpu if core == self.client_core else 0.0)
+        return max(0.0, core_busy_seconds(core) - self._busy0[core] - ours)
+
     def snapshot(self) -> PhaseFigures:
         has_server = bool(self.pids)
+        client_cpu = client_cpu_seconds() - self._client0
+        server_cpu = cpu_seconds(self.pids) - self._server0 if has_server else 0.0
         return PhaseFigures(
             wall_s=time.perf_counter() - self._t0,
-            client_cpu_s=client_cpu_seconds() - self._client0,
-            server_cpu_s=cpu_seconds(self.pids) - self._server0 if has_server else None,
+            client_cpu_s=client_cpu,
+            server_cpu_s=server_cpu if has_server else None,
             server_peak_rss_mib=self._peak_kib / 1024 if has_server else None,
             server_hwm_mib=status_kib(self.pids, "VmHWM") / 1024 if has_server else None,
+            foreign_server_core_s=self._foreign(self.server_core, server_cpu, client_cpu),
+            foreign_client_core_s=self._foreign(self.client_core, server_cpu, client_cpu),
         )
 
     def stop(self) -> None:
@@ -215,13 +262,15 @@ class RequestFailed(Exception):
 
 
 def brief(value: JSON, limit: int = 300) -> str:
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
     text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
     return text if len(text) <= limit else f"{text[:limit]}...({len(text)} chars)"
 
 
-def looks_like_ping(raw: str) -> bool:
+def looks_like_ping(raw: bytes) -> bool:
     # Pings must be answered even while frames are recorded unparsed; they are tiny.
-    return len(raw) < 128 and '"ping"' in raw
+    return len(raw) < 128 and b'"ping"' in raw
 
 
 @dataclass
@@ -229,7 +278,7 @@ class Push:
     t: float
     sub_id: str
     data: JSON
-    nbytes: int  # characters of the frame; our JSON is ASCII, so also bytes
+    nbytes: int  # payload bytes of the frame
 
 
 @dataclass
@@ -239,78 +288,133 @@ class Pending:
     future: asyncio.Future[tuple[float, dict[str, JSON]]]
 
 
-class Conn:
+class Conn(asyncio.Protocol):
     """One WebSocket connection: numbered requests, replies matched by id, pushes recorded.
 
-    With `lazy` set, frames are only timestamped and kept raw until `drain()`.
+    websockets' sans-I/O protocol does the handshake and the framing; this asyncio protocol
+    feeds it the bytes as they arrive, so a frame costs one callback instead of a task switch
+    and a future.  (With 1,000 viewers, the library's asyncio connection layer cost the client
+    about 25 us per push, more than a good server spends sending one, and push latencies
+    then measured the client.)  With `lazy` set, frames are timestamped and kept as bytes
+    until `drain()`.
     """
 
-    def __init__(self, ws: ClientConnection, label: str) -> None:
-        self.ws = ws
+    def __init__(self, url: str, origin: str | None, label: str) -> None:
         self.label = label
         self.lazy = False
-        self.raw: list[tuple[float, str]] = []
+        self.raw: list[tuple[float, bytes]] = []
         self.pushes: list[Push] = []
         self.violations: list[str] = []
+        self.close_reason = ""
+        self.pings = 0
+        self._ws = ClientProtocol(parse_uri(url), origin=Origin(origin) if origin else None, max_size=None)
+        self._transport: asyncio.Transport | None = None
+        self._fragments: list[bytes] = []
+        self._binary = False
         self._pending: dict[int, Pending] = {}
         self._next_id = 1
         self._closing = False
-        self._welcome: asyncio.Future[dict[str, JSON]] = asyncio.get_running_loop().create_future()
+        self._abort_timer: asyncio.TimerHandle | None = None
+        loop = asyncio.get_running_loop()
+        self._opened: asyncio.Future[None] = loop.create_future()
+        self._welcome: asyncio.Future[dict[str, JSON]] = loop.create_future()
+        self._lost: asyncio.Future[None] = loop.create_future()
         self._arrival = asyncio.Event()
-        self._background: set[asyncio.Task[None]] = set()
-        self._reader = asyncio.create_task(self._read())
 
     @classmethod
     async def open(cls, url: str, origin: str | None, label: str) -> Conn:
-        ws = await connect(
-            url,
-            origin=origin,  # type: ignore[arg-type]
-            max_size=None,  # an all-metrics result of 10,000 records is ~1.8 MB
-            ping_interval=None,  # the protocol has its own heartbeat, answered below
-            compression=None,  # measure the server's work, not deflate's
-            open_timeout=WELCOME_TIMEOUT_S,
-            close_timeout=5,
-        )
-        conn = cls(ws, label)
+        """Connect, complete the handshake and receive the welcome frame."""
+        uri = parse_uri(url)
+        conn = cls(url, origin, label)
+        loop = asyncio.get_running_loop()
         try:
+            await asyncio.wait_for(loop.create_connection(lambda: conn, uri.host, uri.port, ssl=uri.secure or None),
+                                   WELCOME_TIMEOUT_S)
+            await asyncio.wait_for(asyncio.shield(conn._opened), WELCOME_TIMEOUT_S)
             welcome = await asyncio.wait_for(asyncio.shield(conn._welcome), WELCOME_TIMEOUT_S)
         except TimeoutError:
-            await conn.close()
-            raise RequestFailed(f"{label}: no welcome frame within {WELCOME_TIMEOUT_S}s") from None
+            conn.abort()
+            raise RequestFailed(f"{label}: no handshake or welcome within {WELCOME_TIMEOUT_S}s") from None
+        except BaseException:
+            conn.abort()
+            raise
         if welcome.get("requiresAuth") is not True or not isinstance(welcome.get("serverTime"), (int, float)):
             conn.violations.append(f"{label}: unexpected welcome {brief(welcome)}")
         return conn
 
-    async def _read(self) -> None:
-        try:
-            async for message in self.ws:
-                t = time.perf_counter()
-                if isinstance(message, bytes):
-                    self.violations.append(f"{self.label}: binary frame of {len(message)} bytes")
-                elif self.lazy and not looks_like_ping(message):
-                    self.raw.append((t, message))
-                    self._arrival.set()
-                else:
-                    self._handle(t, message)
-        except ConnectionClosed:
-            pass
-        finally:
-            reason = f"connection closed: code {self.ws.close_code} reason {self.ws.close_reason!r}"
-            if not self._closing:
-                self.violations.append(f"{self.label}: server closed the {reason}")
-            for pending in self._pending.values():
-                if not pending.future.done():
-                    pending.future.set_exception(RequestFailed(f"{self.label}: {reason} awaiting {brief(pending.request)}"))
-            self._pending.clear()
-            if not self._welcome.done():
-                self._welcome.set_exception(RequestFailed(f"{self.label}: {reason} before welcome"))
-            self._arrival.set()
+    # asyncio callbacks
 
-    def _handle(self, t: float, raw: str) -> None:
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's transports don't subclass it
+        self._ws.send_request(self._ws.connect())
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        t = time.perf_counter()  # every frame in this chunk arrived now
+        self._ws.receive_data(data)
+        for event in self._ws.events_received():
+            if isinstance(event, Frame):
+                self._frame(t, event)
+            elif not isinstance(event, Response):
+                self.violations.append(f"{self.label}: unexpected handshake event {event!r}")
+            elif self._ws.handshake_exc is not None:
+                self._opened.set_exception(RequestFailed(
+                    f"{self.label}: handshake refused: HTTP {event.status_code} {event.reason_phrase}"))
+            else:
+                self._opened.set_result(None)
+        self._flush()
+
+    def eof_received(self) -> None:
+        self._ws.receive_eof()
+        self._flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._abort_timer:
+            self._abort_timer.cancel()
+        reason = self.close_reason or f"TCP connection lost without a close frame ({exc or 'EOF'})"
+        if not self._closing:
+            self.violations.append(f"{self.label}: server closed the connection: {reason}")
+        failure = RequestFailed(f"{self.label}: {reason}")
+        futures: list[asyncio.Future[Any]] = [p.future for p in self._pending.values()]
+        for future in [*futures, self._opened, self._welcome]:
+            if not future.done():
+                future.set_exception(failure)
+                future.exception()  # mark retrieved: nobody may be waiting any more
+        self._pending.clear()
+        self._lost.set_result(None)
+        self._arrival.set()
+
+    # frames
+
+    def _frame(self, t: float, frame: Frame) -> None:
+        if frame.opcode in (Opcode.TEXT, Opcode.BINARY, Opcode.CONT):
+            if frame.opcode is not Opcode.CONT:
+                self._binary = frame.opcode is Opcode.BINARY
+            self._fragments.append(bytes(frame.data))  # no copy: it already is bytes
+            if frame.fin:
+                payload = self._fragments[0] if len(self._fragments) == 1 else b"".join(self._fragments)
+                self._fragments = []
+                self._message(t, payload)
+        elif frame.opcode is Opcode.CLOSE:
+            received = self._ws.close_rcvd  # close_code stays None until the TCP close
+            code, reason = (received.code, received.reason) if received else (None, None)
+            self.close_reason = f"close frame code {code} reason {reason!r}"
+        # WebSocket-level pings are answered by the sans-I/O protocol itself.
+
+    def _message(self, t: float, payload: bytes) -> None:
+        if self._binary:
+            self.violations.append(f"{self.label}: binary frame of {len(payload)} bytes")
+        elif self.lazy and not looks_like_ping(payload):
+            self.raw.append((t, payload))
+            self._arrival.set()
+        else:
+            self._handle(t, payload)
+
+    def _handle(self, t: float, raw: bytes) -> None:
         try:
             frame = json.loads(raw)
         except ValueError:
-            self.violations.append(f"{self.label}: frame is not JSON: {brief(raw)}")
+            self.violations.append(f"{self.label}: frame is not JSON text: {brief(raw)}")
             return
         kind = frame.get("type") if isinstance(frame, dict) else None
         if not self._welcome.done():
@@ -323,7 +427,9 @@ class Conn:
         elif kind in ("result", "error"):
             self._resolve(t, frame)
         elif kind == "ping":
-            self._spawn(self.ws.send(json.dumps({"type": "pong", "timestamp": frame.get("timestamp")})))
+            self.pings += 1
+            if self._ws.state is State.OPEN:
+                self._send_text(json.dumps({"type": "pong", "timestamp": frame.get("timestamp")}))
         elif kind != "system":  # shutdown notices are allowed; anything else is not in the protocol
             self.violations.append(f"{self.label}: unexpected frame {brief(raw)}")
 
@@ -341,11 +447,6 @@ class Conn:
             self.violations.append(f"{self.label}: reply to id {frame_id} arrived before the reply to id {oldest}")
         pending.future.set_result((t, frame))
 
-    def _spawn(self, coro: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
     def drain(self) -> None:
         """Parse the frames recorded raw, keeping their arrival times."""
         raw, self.raw = self.raw, []
@@ -355,7 +456,7 @@ class Conn:
     async def wait_raw(self, count: int, timeout: float) -> None:
         """Wait until at least `count` raw frames are recorded (lazy mode)."""
         deadline = time.perf_counter() + timeout
-        while len(self.raw) < count and not self._reader.done():
+        while len(self.raw) < count and not self._lost.done():
             self._arrival.clear()
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
@@ -363,12 +464,16 @@ class Conn:
             with contextlib.suppress(TimeoutError):  # the loop re-checks the count and the deadline
                 await asyncio.wait_for(self._arrival.wait(), remaining)
 
-    async def send(self, op: str, **fields: JSON) -> Pending:
+    # requests
+
+    def send(self, op: str, **fields: JSON) -> Pending:
+        if self._ws.state is not State.OPEN:
+            raise RequestFailed(f"{self.label}: cannot send {op}: {self.close_reason or 'connection not open'}")
         request: dict[str, JSON] = {"id": self._next_id, "type": op, **fields}
         self._next_id += 1
         pending = Pending(request, time.perf_counter(), asyncio.get_running_loop().create_future())
         self._pending[request["id"]] = pending
-        await self.ws.send(json.dumps(request, separators=(",", ":")))
+        self._send_text(json.dumps(request, separators=(",", ":")))
         return pending
 
     async def reply(self, pending: Pending, timeout: float = REPLY_TIMEOUT_S) -> tuple[float, dict[str, JSON]]:
@@ -378,14 +483,43 @@ class Conn:
             raise RequestFailed(f"{self.label}: no reply within {timeout}s to {brief(pending.request)}") from None
 
     async def call(self, op: str, **fields: JSON) -> JSON:
-        pending = await self.send(op, **fields)
+        pending = self.send(op, **fields)
         _, frame = await self.reply(pending)
         return result_data(self.label, pending, frame)
 
+    def _send_text(self, text: str) -> None:
+        self._ws.send_text(text.encode())
+        self._flush()
+
+    def _flush(self) -> None:
+        assert self._transport is not None
+        for chunk in self._ws.data_to_send():
+            if chunk:
+                self._transport.write(chunk)
+            elif self._transport.can_write_eof():
+                self._transport.write_eof()  # the protocol's signal to half-close
+        if self._ws.close_expected() and self._abort_timer is None:
+            # The server should now close TCP; don't wait for it forever.
+            self._abort_timer = asyncio.get_running_loop().call_later(5, self.abort)
+
+    # closing
+
     async def close(self) -> None:
+        """Close with 1000 and wait for the server to close TCP."""
         self._closing = True
-        await self.ws.close()
-        await self._reader
+        if self._transport is None or self._lost.done():
+            return
+        if self._ws.state is State.OPEN:
+            self._ws.send_close(CloseCode.NORMAL_CLOSURE)
+            self._flush()
+        else:
+            self.abort()
+        await self._lost
+
+    def abort(self) -> None:
+        self._closing = True
+        if self._transport is not None:
+            self._transport.abort()
 
 
 def result_data(label: str, pending: Pending, frame: dict[str, JSON]) -> JSON:
@@ -631,6 +765,21 @@ def push_latencies(viewers: Sequence[Viewer], label: str, base: int, sends: Sequ
     return samples
 
 
+def reflect_latencies(viewers: Sequence[Viewer], label: str, base: int, sends: Sequence[float]) -> list[float]:
+    """Seconds from sending insert k to each viewer's first push that includes it, even when that
+    push also includes later inserts: what a user waits for, coalescing included."""
+    samples = []
+    for viewer in viewers:
+        covered = 0
+        for push in viewer.pushes(label):
+            n = size(push.data)
+            reached = 0 if n is None else min(n - base, len(sends))
+            while covered < reached:
+                samples.append(push.t - sends[covered])
+                covered += 1
+    return samples
+
+
 def percentile(samples: Sequence[float], q: float) -> float | None:
     """Linear-interpolated percentile, q in [0, 100]."""
     if not samples:
@@ -676,6 +825,12 @@ class RunResult:
             server_peak_rss_mib=None if phase.server_peak_rss_mib is None else round(phase.server_peak_rss_mib, 1),
             server_hwm_mib=None if phase.server_hwm_mib is None else round(phase.server_hwm_mib, 1),
         )
+        for who, foreign in (("server", phase.foreign_server_core_s), ("client", phase.foreign_client_core_s)):
+            self.figures[f"foreign_cpu_{who}_core_s"] = None if foreign is None else round(foreign, 3)
+            # Ticks are 10 ms: ignore the odd tick of a system daemon.
+            if foreign is not None and foreign > max(CONTENDED_RATIO * phase.wall_s, 0.03):
+                self.notes.append(f"contended: other processes used {foreign:.2f}s of the {who}'s core during a "
+                                  f"{phase.wall_s:.2f}s phase; latencies are inflated")
         if phase.client_bound:
             self.client_bound = True
             self.notes.append(f"client-bound: client CPU {phase.client_cpu_s:.2f}s over a {phase.wall_s:.2f}s phase")
@@ -694,9 +849,9 @@ class Inserts:
         self.first_index = first_index
         self.pending: list[Pending] = []
 
-    async def send(self) -> Pending:
+    def send(self) -> Pending:
         data = metric(self.first_index + len(self.pending))
-        pending = await self.admin.send("store.insert", bucket=BUCKET, data=data)
+        pending = self.admin.send("store.insert", bucket=BUCKET, data=data)
         self.pending.append(pending)
         return pending
 
@@ -723,7 +878,7 @@ async def scenario(ctx: Context, name: str, body: Callable[[Context, RunResult, 
         await reset_bucket(admin)
         await body(ctx, result, admin, conns)
         result.failures.extend(admin.violations)
-    except (RequestFailed, ConnectionClosed, OSError, TimeoutError) as exc:
+    except (RequestFailed, OSError, TimeoutError) as exc:
         result.failures.append(f"{name} aborted: {exc}")
         result.failures.extend(summarize([v for conn in conns for v in conn.violations]))
     except Exception as exc:  # a malformed reply can break the client's own parsing: report, go on
@@ -748,7 +903,7 @@ async def run_s1(ctx: Context, result: RunResult, admin: Conn, conns: list[Conn]
     meter.start()
     inserts = Inserts(admin, 0)
     for _ in range(n):
-        await admin.reply(await inserts.send())  # one at a time: wait for each result
+        await admin.reply(inserts.send())  # one at a time: wait for each result
     sends, replies, ids, names = await inserts.collect()
     finals = expected_finals(ids, names, n, specs)
     reached, phase = await await_final(viewers, lambda v: holds(v, finals), meter, ctx.timeout)
@@ -758,6 +913,7 @@ async def run_s1(ctx: Context, result: RunResult, admin: Conn, conns: list[Conn]
     finish(result, viewers, specs, finals, phase, n, reached, ctx.timeout)
     result.add_latencies("insert", [r - s for s, r in zip(sends, replies, strict=True)])
     result.add_latencies("push", push_latencies(viewers, spec_label(METRIC_COUNT), 0, sends))
+    result.add_latencies("push_reflect", reflect_latencies(viewers, spec_label(METRIC_COUNT), 0, sends))
 
 
 async def run_s2(ctx: Context, result: RunResult, admin: Conn, conns: list[Conn]) -> None:
@@ -776,7 +932,7 @@ async def run_s2(ctx: Context, result: RunResult, admin: Conn, conns: list[Conn]
         delay = start + i / rate - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        await inserts.send()
+        inserts.send()
     sends, replies, ids, names = await inserts.collect()
     finals = expected_finals(ids, names, n, specs)
     reached, phase = await await_final(viewers, lambda v: holds(v, finals), meter, ctx.timeout)
@@ -787,6 +943,7 @@ async def run_s2(ctx: Context, result: RunResult, admin: Conn, conns: list[Conn]
     samples = push_latencies(viewers, spec_label(METRIC_COUNT), 0, sends)
     result.add_latencies("insert", [r - s for s, r in zip(sends, replies, strict=True)])
     result.add_latencies("push", samples)
+    result.add_latencies("push_reflect", reflect_latencies(viewers, spec_label(METRIC_COUNT), 0, sends))
     result.figures["viewers"] = len(viewers)
     result.figures["send_span_s"] = round(sends[-1] - sends[0], 3)
     # How far the fan-out fell behind the writer: the last viewer's final count after the last send.
@@ -806,7 +963,7 @@ async def run_s3(ctx: Context, result: RunResult, admin: Conn, conns: list[Conn]
     in_flight = asyncio.Semaphore(window)
     for _ in range(n):
         await in_flight.acquire()
-        pending = await inserts.send()
+        pending = inserts.send()
         pending.future.add_done_callback(lambda _: in_flight.release())
     sends, replies, ids, names = await inserts.collect()
     finals = expected_finals(ids, names, n, specs)
@@ -838,7 +995,7 @@ async def run_s4(ctx: Context, result: RunResult, admin: Conn, conns: list[Conn]
     inserts = Inserts(admin, sizes.s4_preload)
     for _ in range(n):
         before = [len(viewer.conn.raw) for viewer in viewers]
-        await admin.reply(await inserts.send())
+        await admin.reply(inserts.send())
         # Every viewer's push for this insert must arrive before the next one is sent.
         waits = [viewer.conn.wait_raw(count + 1, ctx.timeout) for viewer, count in zip(viewers, before, strict=True)]
         await asyncio.gather(*waits)
@@ -852,6 +1009,7 @@ async def run_s4(ctx: Context, result: RunResult, admin: Conn, conns: list[Conn]
            initial=expected_finals(preload_ids, preload_names, 0, specs))
     result.add_latencies("insert", [r - s for s, r in zip(sends, replies, strict=True)])
     result.add_latencies("push", push_latencies(viewers, spec_label(ALL_METRICS), sizes.s4_preload, sends))
+    result.add_latencies("push_reflect", reflect_latencies(viewers, spec_label(ALL_METRICS), sizes.s4_preload, sends))
     sizes_seen = [push.nbytes for viewer in viewers for push in viewer.pushes(spec_label(ALL_METRICS))]
     result.figures["bytes_per_push"] = round(statistics.mean(sizes_seen)) if sizes_seen else None
 
@@ -896,6 +1054,7 @@ def finish(result: RunResult, viewers: Sequence[Viewer], specs: Sequence[QuerySp
     result.failures.extend(summarize(failures))
     result.notes.extend(notes)
     result.add_phase(phase, inserts)
+    result.figures["pings_answered"] = sum(viewer.conn.pings for viewer in viewers)
     for label, count in received.items():
         result.figures[f"pushes[{label}]"] = count
         result.figures[f"pushes_expected[{label}]"] = finals[label][1] * len(viewers)
@@ -921,13 +1080,13 @@ SCENARIOS: dict[str, Callable[[Context, RunResult, Conn, list[Conn]], Awaitable[
 }
 
 HEADLINE = {
-    "S1": ["insert_p50_ms", "insert_p99_ms", "push_p50_ms", "push_p99_ms", "server_cpu_ms_per_insert"],
-    "S2": ["push_p50_ms", "push_p99_ms", "server_cpu_ms_per_insert", "server_peak_rss_mib", "final_count_lag_ms",
-           "insert_p99_ms", "viewers"],
+    "S1": ["insert_p50_ms", "insert_p99_ms", "push_p50_ms", "push_p99_ms", "push_reflect_p99_ms", "server_cpu_ms_per_insert"],
+    "S2": ["push_p50_ms", "push_p99_ms", "push_reflect_p99_ms", "server_cpu_ms_per_insert", "server_peak_rss_mib",
+           "final_count_lag_ms", "insert_p99_ms", "viewers"],
     "S3": ["inserts_per_s", "final_count_lag_ms", "server_cpu_ms_per_insert", "insert_p99_ms"],
-    "S4": ["push_p50_ms", "push_p99_ms", "bytes_per_push", "server_cpu_ms_per_insert", "preload_s"],
+    "S4": ["push_p50_ms", "push_p99_ms", "push_reflect_p99_ms", "bytes_per_push", "server_cpu_ms_per_insert", "preload_s"],
 }
-COMMON = ["phase_s", "client_cpu_ratio"]
+COMMON = ["phase_s", "client_cpu_ratio", "foreign_cpu_server_core_s", "foreign_cpu_client_core_s"]
 
 
 # --------------------------------------------------------------------------- report
