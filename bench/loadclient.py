@@ -5,6 +5,11 @@ numbered requests, pushes), with no Django imports, so it sees the server as any
 
     .venv/bin/python bench/loadclient.py --url ws://127.0.0.1:8000/ws/ --server-pid PID
     bench/run.sh uvicorn S1,S2,S3,S4 --smoke      # fresh server on core 0, this client on core 1
+    bench/run_multi.sh S2 --viewers 2000           # two server processes on PostgreSQL + Redis
+
+With --urls URL1,URL2 (and --server-pids PID1,PID2) the viewers are spread round-robin over
+several server processes and the admin writes through the first; CPU and RSS are then also
+reported per process (server0_..., server1_...).
 
 Scenarios (default sizes; --smoke shrinks them to a CI-sized correctness check):
   S1 latency  10 viewers x {all-metrics, metrics-by-name cpu, metric-count, latest-metrics 10};
@@ -160,12 +165,14 @@ def status_kib(pids: Sequence[int], key: str) -> int:
     return total
 
 
-def core_busy_seconds(core: int) -> float:
-    """Busy time of one CPU so far, from /proc/stat (user nice system irq softirq steal)."""
+def core_busy_seconds(core: int | None) -> float:
+    """Busy time of one CPU so far (None: of all CPUs together), from /proc/stat
+    (user nice system irq softirq steal)."""
+    name = "cpu" if core is None else f"cpu{core}"
     with open("/proc/stat") as f:
         for line in f:
             fields = line.split()
-            if fields[0] == f"cpu{core}":
+            if fields[0] == name:
                 return sum(int(fields[i]) for i in (1, 2, 3, 6, 7, 8)) / CLK_TCK
     return 0.0
 
@@ -185,6 +192,14 @@ def client_cpu_seconds() -> float:
 
 
 @dataclass
+class ServerFigures:
+    """One server process (with its children) over a phase."""
+    cpu_s: float
+    peak_rss_mib: float
+    hwm_mib: float
+
+
+@dataclass
 class PhaseFigures:
     wall_s: float
     client_cpu_s: float
@@ -195,6 +210,10 @@ class PhaseFigures:
     # elsewhere that delays the benchmark and inflates its latencies.
     foreign_server_core_s: float | None
     foreign_client_core_s: float | None
+    # CPU used on all cores by anything but the servers and this client (the database, Redis,
+    # other users): the only contention figure when nothing is pinned.
+    foreign_machine_s: float = 0.0
+    per_server: list[ServerFigures] = field(default_factory=list)
 
     @property
     def client_bound(self) -> bool:
@@ -202,29 +221,42 @@ class PhaseFigures:
 
 
 class PhaseMeter:
-    """Wall time, client CPU, server CPU and server peak RSS over one measured phase."""
+    """Wall time, client CPU, server CPU and server peak RSS over one measured phase.
 
-    def __init__(self, server_pid: int | None) -> None:
-        self.pids = process_tree(server_pid) if server_pid else []
-        self.server_core = pinned_core(server_pid) if server_pid else None
+    With several server processes, the totals cover all of them and `per_server` has each one.
+    """
+
+    def __init__(self, server_pids: Sequence[int]) -> None:
+        self.trees = [process_tree(pid) for pid in server_pids]
+        self.pids = [pid for tree in self.trees for pid in tree]
+        # Per-core contention needs the one core that every server is pinned to.
+        cores = {pinned_core(pid) for pid in server_pids}
+        self.server_core = cores.pop() if len(cores) == 1 else None
         self.client_core = pinned_core(0)
         self._peak_kib = 0
+        self._peaks_kib = [0] * len(self.trees)
         self._poller: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._t0 = time.perf_counter()
         self._client0 = client_cpu_seconds()
-        self._server0 = cpu_seconds(self.pids) if self.pids else 0.0
-        self._peak_kib = status_kib(self.pids, "VmRSS") if self.pids else 0
+        self._servers0 = [cpu_seconds(tree) for tree in self.trees]
+        self._sample_rss()
         self._busy0 = {core: core_busy_seconds(core) for core in self._cores()}
+        self._machine0 = core_busy_seconds(None)
         if self.pids:
             self._poller = asyncio.create_task(self._poll_rss())
+
+    def _sample_rss(self) -> None:
+        each = [status_kib(tree, "VmRSS") for tree in self.trees]
+        self._peaks_kib = [max(peak, now) for peak, now in zip(self._peaks_kib, each, strict=True)]
+        self._peak_kib = max(self._peak_kib, sum(each))
 
     async def _poll_rss(self) -> None:
         # VmHWM covers the process's whole life; polling gives the peak of this phase.
         while True:
             await asyncio.sleep(0.05)
-            self._peak_kib = max(self._peak_kib, status_kib(self.pids, "VmRSS"))
+            self._sample_rss()
 
     def _cores(self) -> set[int]:
         return {core for core in (self.server_core, self.client_core) if core is not None}
@@ -238,7 +270,12 @@ class PhaseMeter:
     def snapshot(self) -> PhaseFigures:
         has_server = bool(self.pids)
         client_cpu = client_cpu_seconds() - self._client0
-        server_cpu = cpu_seconds(self.pids) - self._server0 if has_server else 0.0
+        per_server = [
+            ServerFigures(cpu_seconds(tree) - cpu0, peak / 1024, status_kib(tree, "VmHWM") / 1024)
+            for tree, cpu0, peak in zip(self.trees, self._servers0, self._peaks_kib, strict=True)
+        ]
+        server_cpu = sum(server.cpu_s for server in per_server)
+        machine = core_busy_seconds(None) - self._machine0
         return PhaseFigures(
             wall_s=time.perf_counter() - self._t0,
             client_cpu_s=client_cpu,
@@ -247,6 +284,8 @@ class PhaseMeter:
             server_hwm_mib=status_kib(self.pids, "VmHWM") / 1024 if has_server else None,
             foreign_server_core_s=self._foreign(self.server_core, server_cpu, client_cpu),
             foreign_client_core_s=self._foreign(self.client_core, server_cpu, client_cpu),
+            foreign_machine_s=max(0.0, machine - server_cpu - client_cpu),
+            per_server=per_server,
         )
 
     def stop(self) -> None:
@@ -423,7 +462,7 @@ class Conn(asyncio.Protocol):
                 return
             self.violations.append(f"{self.label}: first frame is not a welcome: {brief(raw)}")
         if kind == "push":
-            self.pushes.append(Push(t, frame.get("subscriptionId"), frame.get("data"), len(raw)))
+            self.on_push(t, frame, len(raw))
         elif kind in ("result", "error"):
             self._resolve(t, frame)
         elif kind == "ping":
@@ -432,6 +471,10 @@ class Conn(asyncio.Protocol):
                 self._send_text(json.dumps({"type": "pong", "timestamp": frame.get("timestamp")}))
         elif kind != "system":  # shutdown notices are allowed; anything else is not in the protocol
             self.violations.append(f"{self.label}: unexpected frame {brief(raw)}")
+
+    def on_push(self, t: float, frame: dict[str, JSON], nbytes: int) -> None:
+        """Record a push frame (a subclass may keep less: bench/soak.py keeps only the last result)."""
+        self.pushes.append(Push(t, frame.get("subscriptionId"), frame.get("data"), nbytes))
 
     def _resolve(self, t: float, frame: dict[str, JSON]) -> None:
         frame_id = frame.get("id")
@@ -569,13 +612,17 @@ async def bounded_gather(factories: Sequence[Callable[[], Awaitable[T]]], limit:
 
 
 async def open_admin(ctx: Context) -> Conn:
-    conn = await Conn.open(ctx.url, ctx.origin, "admin")
+    """The admin connects to the first server."""
+    conn = await Conn.open(ctx.urls[0], ctx.origins[0], "admin")
     await conn.call("auth.login", token=ADMIN_TOKEN)
     return conn
 
 
 async def open_viewer(ctx: Context, index: int, specs: Sequence[QuerySpec]) -> Viewer:
-    viewer = Viewer(await Conn.open(ctx.url, ctx.origin, f"viewer {index}"))
+    """Viewers are spread over the servers round-robin."""
+    server = index % len(ctx.urls)
+    label = f"viewer {index}" if len(ctx.urls) == 1 else f"viewer {index}@server{server}"
+    viewer = Viewer(await Conn.open(ctx.urls[server], ctx.origins[server], label))
     try:
         await viewer.conn.call("auth.login", token=VIEWER_TOKEN)
         for spec in specs:
@@ -800,9 +847,9 @@ def ms(seconds: float | None) -> float | None:
 
 @dataclass
 class Context:
-    url: str
-    origin: str | None
-    server_pid: int | None
+    urls: list[str]  # one per server process; viewers round-robin, the admin on the first
+    origins: list[str | None]
+    server_pids: list[int]
     sizes: Sizes
     timeout: float
 
@@ -824,13 +871,25 @@ class RunResult:
             server_cpu_ms_per_insert=None if phase.server_cpu_s is None else round(phase.server_cpu_s * 1000 / inserts, 3),
             server_peak_rss_mib=None if phase.server_peak_rss_mib is None else round(phase.server_peak_rss_mib, 1),
             server_hwm_mib=None if phase.server_hwm_mib is None else round(phase.server_hwm_mib, 1),
+            foreign_cpu_machine_s=round(phase.foreign_machine_s, 3),
         )
+        if len(phase.per_server) > 1:
+            for i, server in enumerate(phase.per_server):
+                self.figures[f"server{i}_cpu_s"] = round(server.cpu_s, 3)
+                self.figures[f"server{i}_cpu_ms_per_insert"] = round(server.cpu_s * 1000 / inserts, 3)
+                self.figures[f"server{i}_peak_rss_mib"] = round(server.peak_rss_mib, 1)
+                self.figures[f"server{i}_hwm_mib"] = round(server.hwm_mib, 1)
         for who, foreign in (("server", phase.foreign_server_core_s), ("client", phase.foreign_client_core_s)):
             self.figures[f"foreign_cpu_{who}_core_s"] = None if foreign is None else round(foreign, 3)
             # Ticks are 10 ms: ignore the odd tick of a system daemon.
             if foreign is not None and foreign > max(CONTENDED_RATIO * phase.wall_s, 0.03):
                 self.notes.append(f"contended: other processes used {foreign:.2f}s of the {who}'s core during a "
                                   f"{phase.wall_s:.2f}s phase; latencies are inflated")
+        if phase.foreign_server_core_s is None and phase.foreign_machine_s > max(CONTENDED_RATIO * phase.wall_s, 0.03):
+            # Nothing pinned (several servers on a small machine): only the machine-wide figure is left.
+            self.notes.append(f"shared machine: other processes (database, Redis, other users) used "
+                              f"{phase.foreign_machine_s:.2f} CPU-s during a {phase.wall_s:.2f}s phase "
+                              f"({phase.foreign_machine_s / phase.wall_s:.2f} cores)")
         if phase.client_bound:
             self.client_bound = True
             self.notes.append(f"client-bound: client CPU {phase.client_cpu_s:.2f}s over a {phase.wall_s:.2f}s phase")
@@ -899,7 +958,7 @@ async def run_s1(ctx: Context, result: RunResult, admin: Conn, conns: list[Conn]
     conns.extend(viewer.conn for viewer in viewers)
     await settle(viewers)
 
-    meter = PhaseMeter(ctx.server_pid)
+    meter = PhaseMeter(ctx.server_pids)
     meter.start()
     inserts = Inserts(admin, 0)
     for _ in range(n):
@@ -923,7 +982,7 @@ async def run_s2(ctx: Context, result: RunResult, admin: Conn, conns: list[Conn]
     conns.extend(viewer.conn for viewer in viewers)
     await settle(viewers)
 
-    meter = PhaseMeter(ctx.server_pid)
+    meter = PhaseMeter(ctx.server_pids)
     meter.start()
     inserts = Inserts(admin, 0)
     start = time.perf_counter()
@@ -945,9 +1004,37 @@ async def run_s2(ctx: Context, result: RunResult, admin: Conn, conns: list[Conn]
     result.add_latencies("push", samples)
     result.add_latencies("push_reflect", reflect_latencies(viewers, spec_label(METRIC_COUNT), 0, sends))
     result.figures["viewers"] = len(viewers)
+    result.figures["viewers_with_every_push"] = sum(len(viewer.pushes(spec_label(METRIC_COUNT))) == n for viewer in viewers)
+    note_skipped_counts(result, viewers, len(ctx.urls), n)
+    if len(ctx.urls) > 1:
+        # The admin's own process hears of a change directly, the others through the channel layer.
+        for server in range(len(ctx.urls)):
+            mine = viewers[server :: len(ctx.urls)]  # viewer i is on server i % servers (open_viewer)
+            samples = push_latencies(mine, spec_label(METRIC_COUNT), 0, sends)
+            result.figures[f"server{server}_push_p50_ms"] = ms(percentile(samples, 50))
+            result.figures[f"server{server}_push_p99_ms"] = ms(percentile(samples, 99))
     result.figures["send_span_s"] = round(sends[-1] - sends[0], 3)
     # How far the fan-out fell behind the writer: the last viewer's final count after the last send.
     result.figures["final_count_lag_ms"] = final_lag_ms(viewers, n, sends[-1])
+
+
+def note_skipped_counts(result: RunResult, viewers: Sequence[Viewer], servers: int, n: int, limit: int = 8) -> None:
+    """Which counts 1..n viewers never received (coalesced), by server: a round that covered two
+    inserts shows as one count skipped by every viewer of that process."""
+    skipped: dict[tuple[int, int], int] = {}
+    for index, viewer in enumerate(viewers):  # viewer i is on server i % servers (open_viewer)
+        got = {push.data for push in viewer.pushes(spec_label(METRIC_COUNT))}
+        for count in range(1, n + 1):
+            if count not in got:
+                skipped[(index % servers, count)] = skipped.get((index % servers, count), 0) + 1
+    if servers > 1:
+        for server in range(servers):
+            result.figures[f"server{server}_skipped_pushes"] = sum(v for (s, _), v in skipped.items() if s == server)
+    if skipped:
+        worst = sorted(skipped.items(), key=lambda item: (-item[1], item[0]))[:limit]
+        result.notes.append("counts never pushed (coalesced): " + ", ".join(
+            f"{count} on server{server} to {viewers_} viewers" for (server, count), viewers_ in worst)
+            + (f" and {len(skipped) - limit} more" if len(skipped) > limit else ""))
 
 
 async def run_s3(ctx: Context, result: RunResult, admin: Conn, conns: list[Conn]) -> None:
@@ -957,7 +1044,7 @@ async def run_s3(ctx: Context, result: RunResult, admin: Conn, conns: list[Conn]
     conns.extend(viewer.conn for viewer in viewers)
     await settle(viewers)
 
-    meter = PhaseMeter(ctx.server_pid)
+    meter = PhaseMeter(ctx.server_pids)
     meter.start()
     inserts = Inserts(admin, 0)
     in_flight = asyncio.Semaphore(window)
@@ -990,7 +1077,7 @@ async def run_s4(ctx: Context, result: RunResult, admin: Conn, conns: list[Conn]
     await settle(viewers)
 
     n = sizes.s4_inserts
-    meter = PhaseMeter(ctx.server_pid)
+    meter = PhaseMeter(ctx.server_pids)
     meter.start()
     inserts = Inserts(admin, sizes.s4_preload)
     for _ in range(n):
@@ -1082,11 +1169,17 @@ SCENARIOS: dict[str, Callable[[Context, RunResult, Conn, list[Conn]], Awaitable[
 HEADLINE = {
     "S1": ["insert_p50_ms", "insert_p99_ms", "push_p50_ms", "push_p99_ms", "push_reflect_p99_ms", "server_cpu_ms_per_insert"],
     "S2": ["push_p50_ms", "push_p99_ms", "push_reflect_p99_ms", "server_cpu_ms_per_insert", "server_peak_rss_mib",
-           "final_count_lag_ms", "insert_p99_ms", "viewers"],
+           "final_count_lag_ms", "insert_p99_ms", "viewers", "viewers_with_every_push"],
     "S3": ["inserts_per_s", "final_count_lag_ms", "server_cpu_ms_per_insert", "insert_p99_ms"],
     "S4": ["push_p50_ms", "push_p99_ms", "push_reflect_p99_ms", "bytes_per_push", "server_cpu_ms_per_insert", "preload_s"],
 }
-COMMON = ["phase_s", "client_cpu_ratio", "foreign_cpu_server_core_s", "foreign_cpu_client_core_s"]
+COMMON = ["phase_s", "client_cpu_ratio", "foreign_cpu_server_core_s", "foreign_cpu_client_core_s",
+          "foreign_cpu_machine_s"]
+
+
+def per_server_keys(figures: dict[str, JSON]) -> list[str]:
+    """`server0_cpu_ms_per_insert`, ...: present when the run had several server processes."""
+    return [key for key in figures if key.startswith("server") and key[len("server")].isdigit()]
 
 
 # --------------------------------------------------------------------------- report
@@ -1117,14 +1210,14 @@ def report(name: str, runs: Sequence[RunResult], ctx: Context, smoke: bool) -> t
     notes = sorted({note for run in runs for note in run.notes})
     ok = not failures
     line = {
-        "scenario": name, "ok": ok, "smoke": smoke, "url": ctx.url, "server_pid": ctx.server_pid,
+        "scenario": name, "ok": ok, "smoke": smoke, "urls": ctx.urls, "server_pids": ctx.server_pids,
         "sizes": asdict(ctx.sizes), "runs": len(runs), "median": medians,
         "per_run": [run.figures for run in runs], "client_bound": any(run.client_bound for run in runs),
         "failures": failures, "notes": notes,
     }
     print("BENCH_JSON " + json.dumps(line, separators=(",", ":")), flush=True)
     rows = []
-    for key in HEADLINE[name] + COMMON:
+    for key in HEADLINE[name] + per_server_keys(medians) + COMMON:
         per_run = " / ".join(fmt(run.figures.get(key)) for run in runs)
         rows.append(f"{name:<4} {key:<48} {fmt(medians.get(key)):>12}   {per_run if len(runs) > 1 else ''}")
     for key in medians:
@@ -1152,9 +1245,14 @@ def raise_fd_limit(needed: int) -> None:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="ws://127.0.0.1:8000/ws/")
+    parser.add_argument("--urls", default=None,
+                        help="comma-separated URLs of several server processes (replaces --url): viewers are "
+                             "spread round-robin, the admin uses the first")
     parser.add_argument("--origin", default=None,
                         help="Origin header (default: http(s)://host:port of --url, as a browser sends; '' for none)")
     parser.add_argument("--server-pid", type=int, default=None, help="server process, for CPU and RSS figures")
+    parser.add_argument("--server-pids", default=None,
+                        help="comma-separated server processes (replaces --server-pid): per-process CPU and RSS")
     parser.add_argument("--scenarios", default="S1,S2,S3,S4")
     parser.add_argument("--runs", type=int, default=None, help="runs per scenario, median reported (default 3; 1 with --smoke)")
     parser.add_argument("--viewers", type=int, default=None, help="S2 viewers (default 1,000)")
@@ -1177,8 +1275,13 @@ async def main(args: argparse.Namespace) -> int:
     sizes = SMOKE_SIZES if args.smoke else Sizes()
     if args.viewers is not None:
         sizes = Sizes(**{**asdict(sizes), "s2_viewers": args.viewers})
-    origin = default_origin(args.url) if args.origin is None else (args.origin or None)
-    ctx = Context(args.url, origin, args.server_pid, sizes, args.timeout)
+    urls = args.urls.split(",") if args.urls else [args.url]
+    origins = [default_origin(url) if args.origin is None else (args.origin or None) for url in urls]
+    if args.server_pids:
+        server_pids = [int(pid) for pid in args.server_pids.split(",")]
+    else:
+        server_pids = [args.server_pid] if args.server_pid else []
+    ctx = Context(urls, origins, server_pids, sizes, args.timeout)
     runs = args.runs or (1 if args.smoke else 3)
     raise_fd_limit(sizes.s2_viewers + 64)
 
