@@ -10,7 +10,7 @@ from typing import Any
 
 from django.core.exceptions import EmptyResultSet
 from django.db import connections
-from django.db.models import Avg, Max, Min, QuerySet, Sum
+from django.db.models import Avg, Count, Max, Min, OuterRef, QuerySet, Subquery, Sum
 
 from . import records
 from .errors import VALIDATION_ERROR, StoreError, invalid_field
@@ -111,6 +111,45 @@ def record_aggregate(*, bucket: BucketSchema, op: str, field: Any, filter: Any =
     if value is None:
         return 0 if op in ("sum", "avg") else None
     return json_number(float(value))
+
+
+def record_stats_by_name(*, bucket: BucketSchema) -> list[dict[str, Any]]:
+    """Per `name`: count, min, max, avg of `value`, and the value and unit of
+    the newest reading (by insertion order), sorted by name.
+
+    One aggregate statement, so the figures come from one snapshot; the
+    newest reading per name is a correlated subquery that the index on `name`
+    answers without reading the group.
+    """
+    name, value, unit = bucket.column("name"), bucket.column("value"), bucket.column("unit")
+    if name is None or value is None or unit is None:
+        raise ValueError(f'bucket "{bucket.name}" has no name/value/unit fields')
+    newest = bucket.model.objects.filter(**{name: OuterRef(name)}).order_by("-seq")
+    rows = (
+        bucket.model.objects.order_by()
+        .values(name)
+        .annotate(
+            count=Count("seq"),
+            min=Min(value),
+            max=Max(value),
+            avg=Avg(value),
+            last=Subquery(newest.values(value)[:1]),
+            last_unit=Subquery(newest.values(unit)[:1]),
+        )
+        .order_by(name)
+    )
+    return [
+        {
+            "name": row[name],
+            "count": row["count"],
+            "min": json_number(float(row["min"])),
+            "max": json_number(float(row["max"])),
+            "avg": json_number(float(row["avg"])),
+            "last": json_number(float(row["last"])),
+            "unit": row["last_unit"],
+        }
+        for row in rows
+    ]
 
 
 def bucket_names() -> dict[str, Any]:

@@ -1,0 +1,108 @@
+"""Regenerates docs/dashboard.png: a populated dashboard, as an admin sees it at 1280x720.
+
+Starts a server of its own (fresh SQLite database in a temporary directory),
+fills it with half an hour of readings of six metrics and a few alerts over
+the protocol, opens the page in Debian's headless Chromium and saves a
+screenshot. Needs the dev requirements and /usr/bin/chromium:
+
+    .venv/bin/python docs/make_screenshot.py [output.png]
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.liveserver import LiveServer, ProtocolClient, launch_chromium  # noqa: E402
+
+OUTPUT = Path(__file__).resolve().parent / "dashboard.png"
+VIEWPORT = {"width": 1280, "height": 720}
+READINGS = 180  # per metric: one every 10 s for half an hour
+
+# name, unit, baseline, daily-ish swing, noise, lower bound
+METRICS = [
+    ("cpu", "%", 48, 22, 6, 0),
+    ("memory", "MB", 6100, 700, 60, 0),
+    ("latency_p95", "ms", 180, 60, 25, 5),
+    ("requests", "req/s", 950, 300, 70, 0),
+    ("disk_io", "MB/s", 42, 18, 9, 0),
+    ("temperature", "°C", 61, 6, 1.2, 20),
+]
+
+
+def readings(now_ms: int) -> list[dict]:
+    rng = random.Random(20240201)
+    rows = []
+    for i in range(READINGS):
+        t = now_ms - (READINGS - 1 - i) * 10_000
+        for k, (name, unit, base, swing, noise, floor) in enumerate(METRICS):
+            wave = math.sin(i / 28 + k) + 0.35 * math.sin(i / 7.5 + 2 * k)
+            value = max(floor, base + swing * wave + rng.gauss(0, noise))
+            rows.append({"name": name, "value": round(value, 1), "unit": unit, "timestamp": t})
+    return rows
+
+
+def alerts(now_ms: int) -> list[dict]:
+    minute = 60_000
+    return [
+        {"metric": "temperature", "threshold": 75, "severity": "low", "timestamp": now_ms - 26 * minute},
+        {"metric": "disk_io", "threshold": 80, "severity": "medium", "timestamp": now_ms - 17 * minute},
+        {"metric": "latency_p95", "threshold": 250, "severity": "medium", "timestamp": now_ms - 9 * minute},
+        {"metric": "cpu", "threshold": 90, "severity": "high", "timestamp": now_ms - 2 * minute},
+    ]
+
+
+async def populate(server: LiveServer) -> None:
+    now_ms = int(time.time() * 1000)
+    admin = await ProtocolClient.open(server.ws, "admin-token")
+    try:
+        await admin.insert_metrics(readings(now_ms))
+        for alert in alerts(now_ms):
+            await admin.ok("store.insert", bucket="alerts", data=alert)
+    finally:
+        await admin.close()
+
+
+async def screenshot(server: LiveServer, output: Path) -> None:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        browser = await launch_chromium(playwright)
+        try:
+            page = await browser.new_page(viewport=VIEWPORT)
+            await page.goto(f"{server.http}/#token=admin-token")
+            await page.wait_for_selector('#connection[data-state="live"]')
+            await page.wait_for_function(
+                "document.querySelectorAll('#charts .chart-card[data-points]').length === 4"
+                " && document.querySelectorAll('#latest tr').length > 0"
+                " && document.querySelectorAll('#alerts li').length === 4"
+            )
+            # Let the last frame (and the table's arrival highlight) settle.
+            await page.wait_for_timeout(2000)
+            await page.screenshot(path=str(output))
+        finally:
+            await browser.close()
+
+
+def main() -> None:
+    output = Path(sys.argv[1]) if len(sys.argv) > 1 else OUTPUT
+    with tempfile.TemporaryDirectory(prefix="dashboard-shot-") as workdir:
+        server = LiveServer(Path(workdir))
+        server.prepare()
+        server.start()
+        try:
+            asyncio.run(populate(server))
+            asyncio.run(screenshot(server, output))
+        finally:
+            server.stop()
+    print(f"wrote {output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,414 @@
+"""The dashboard page in a real headless Chromium, against a real server process.
+
+The page is a client of the protocol like any other: these tests push with a
+separate WebSocket client (or the page's own admin forms) and watch other
+pages update without a reload. The server runs with a one-second heartbeat,
+so every page here must answer pings to stay connected.
+
+Needs /usr/bin/chromium (`.ci/run` installs it) and Playwright's Python
+package (its driver only: the browser is Debian's). Without them the tests
+skip, except under CI=true, where they fail.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from tests.liveserver import CHROMIUM, LiveServer, ProtocolClient, free_port, launch_chromium
+
+# One event loop for the module, so that one Playwright driver and one
+# browser serve every test (each page still gets a fresh browser context).
+pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
+
+WALL = {"width": 1280, "height": 720}
+PHONE = {"width": 390, "height": 844}
+HEARTBEAT_SECONDS = 1
+
+
+def unavailable(reason: str) -> None:
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (required under CI=true)", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    if os.environ.get("DATABASE_URL", "").startswith("postgres"):
+        # The page's server always runs on a SQLite file of its own, so a
+        # second pass would only repeat the first.
+        pytest.skip("the browser tests run their own SQLite server: they ran in the SQLite pass")
+    if not Path(CHROMIUM).exists():
+        unavailable(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)")
+    try:
+        import playwright.async_api  # noqa: F401
+    except ImportError:
+        unavailable("playwright is not installed: pip install -r requirements-dev.txt")
+    server = LiveServer(tmp_path_factory.mktemp("browser"), heartbeat_seconds=HEARTBEAT_SECONDS)
+    server.prepare()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def admin(server):
+    """An admin protocol client, separate from any page; the store starts empty."""
+    client = await ProtocolClient.open(server.ws, "admin-token")
+    await client.ok("store.clear", bucket="metrics")
+    await client.ok("store.clear", bucket="alerts")
+    yield client
+    await client.close()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def browser(server):
+    from playwright.async_api import async_playwright, expect
+
+    expect.set_options(timeout=10_000)
+    async with async_playwright() as playwright:
+        browser = await launch_chromium(playwright)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def open_page(server, browser):
+    """Opens the dashboard in a fresh browser context (its own session
+    storage), logged in through the kiosk fragment when given a token. Fails
+    the test if a page raised a JavaScript error."""
+    errors: list[str] = []
+    contexts: list[Any] = []
+
+    async def open_(token: str | None = None, viewport: dict = WALL, wait_live: bool = True) -> Any:
+        context = await browser.new_context(viewport=viewport, locale="en-US")
+        contexts.append(context)
+        page = await context.new_page()
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.on("console", lambda message: console_error(message, errors))
+        await page.goto(server.http + (f"/#token={token}" if token else "/"))
+        if wait_live:
+            await wait_live_page(page)
+        return page
+
+    yield open_
+    for context in contexts:
+        await context.close()
+    assert errors == [], f"JavaScript errors on the page: {errors}\n--- server log ---\n{server.log()}"
+
+
+def console_error(message: Any, errors: list[str]) -> None:
+    # A refused connection while the server is down is logged by the browser
+    # itself; the page handles it by reconnecting.
+    if message.type == "error" and not message.text.startswith("WebSocket connection to"):
+        errors.append(message.text)
+
+
+async def wait_live_page(page: Any) -> None:
+    from playwright.async_api import expect
+
+    await expect(page.locator("#connection")).to_have_attribute("data-state", "live")
+    await expect(page.locator("#dashboard")).to_be_visible()
+
+
+def metric(name: str, value: float, unit: str = "%", timestamp: int | None = None) -> dict:
+    return {"name": name, "value": value, "unit": unit, "timestamp": timestamp or int(time.time() * 1000)}
+
+
+# Everything a push of one metric must change on a page, checked at once.
+SHOWS_METRIC = """([name, value, count]) => {
+  const tile = document.querySelector(`#tiles .tile[data-name="${name}"]`);
+  const chart = document.querySelector(`#charts .chart-card[data-name="${name}"]`);
+  const row = document.querySelector("#latest tr");
+  return document.querySelector("#metric-count").textContent === String(count)
+    && row !== null && row.querySelector(".name").textContent === name
+    && row.querySelector(".value").textContent === String(value)
+    && tile !== null && tile.querySelector('[data-field="last"]').textContent === String(value)
+    && chart !== null && chart.dataset.last === String(value);
+}"""
+
+
+async def test_viewer_page_shows_a_push_from_another_client_within_one_second(admin, open_page):
+    await admin.ok("store.insert", bucket="metrics", data=metric("cpu", 10))
+    page = await open_page("viewer-token")
+    await page.wait_for_function(SHOWS_METRIC, arg=["cpu", "10", 1])
+    await page.evaluate("window.notReloaded = true")
+
+    await admin.ok("store.insert", bucket="metrics", data=metric("cpu", 72.5))
+    await page.wait_for_function(SHOWS_METRIC, arg=["cpu", "72.5", 2], timeout=1000)
+
+    assert await page.evaluate("window.notReloaded") is True
+    tile = page.locator('#tiles .tile[data-name="cpu"]')
+    assert await tile.locator("dd").all_inner_texts() == ["10", "72.5", "41.25", "2"]  # min max avg count
+    assert await tile.locator('[data-field="unit"]').inner_text() == "%"
+    chart = page.locator('#charts .chart-card[data-name="cpu"]')
+    assert await chart.get_attribute("data-points") == "2"
+    assert await chart.get_attribute("data-axis-label") == "value (%)"
+    assert await page.locator("#latest tr").count() == 2
+
+
+async def test_admin_form_pushes_a_metric_that_a_viewer_page_sees(admin, open_page):
+    from playwright.async_api import expect
+
+    viewer = await open_page("viewer-token")
+    admin_page = await open_page("admin-token")
+    await expect(admin_page.locator("#admin-panel")).to_be_visible()
+
+    await admin_page.get_by_label("Name", exact=True).fill("disk")
+    await admin_page.get_by_label("Value", exact=True).fill("41.5")
+    await admin_page.get_by_label("Unit", exact=True).fill("GB")
+    await admin_page.get_by_role("button", name="Push metric").click()
+    await expect(admin_page.locator("#admin-status")).to_have_text("Pushed disk = 41.5 GB")
+    await viewer.wait_for_function(SHOWS_METRIC, arg=["disk", "41.5", 1], timeout=1000)
+    [stored] = await admin.ok("store.all", bucket="metrics")
+    assert (stored["name"], stored["value"], stored["unit"]) == ("disk", 41.5, "GB")
+
+    # The alert form: the viewer sees it with its severity's colours.
+    await admin_page.get_by_label("Metric", exact=True).fill("disk")
+    await admin_page.get_by_label("Threshold").fill("40")
+    await admin_page.get_by_label("Severity").select_option("high")
+    await admin_page.get_by_role("button", name="Create alert").click()
+    alert = viewer.locator("#alerts li")
+    await expect(alert).to_have_count(1)
+    await expect(alert).to_have_attribute("data-severity", "high")
+    await expect(alert).to_contain_text("disk above 40")
+    badge = alert.locator(".severity")
+    assert await badge.evaluate("e => getComputedStyle(e).backgroundColor") == "rgb(220, 38, 38)"
+
+    # Clearing asks first, then empties every page.
+    admin_page.once("dialog", lambda dialog: dialog.accept())
+    await admin_page.get_by_role("button", name="Clear all metrics").click()
+    await expect(viewer.locator("#metric-count")).to_have_text("0")
+    await expect(viewer.locator("#tiles .tile")).to_have_count(0)
+    await expect(viewer.locator("#latest tr")).to_have_count(0)
+    await expect(viewer.locator("#charts .chart-card")).to_have_count(0)
+
+
+async def test_viewer_page_shows_no_admin_controls(admin, open_page):
+    from playwright.async_api import expect
+
+    await admin.ok("store.insert", bucket="metrics", data=metric("cpu", 1))
+    page = await open_page("viewer-token")
+    await expect(page.locator("#tiles .tile")).to_have_count(1)
+    await expect(page.locator("#user-name")).to_have_text("viewer-1")
+    await expect(page.locator("#user-role")).to_have_text("viewer")
+    assert await page.locator("#admin-panel").count() == 0
+    for name in ("Push metric", "Create alert", "Clear all metrics"):
+        assert await page.get_by_role("button", name=name).count() == 0
+    assert await page.locator("#dashboard form").count() == 0
+
+
+async def test_login_form_remembers_the_token_for_the_browser_session(server, open_page):
+    from playwright.async_api import expect
+
+    page = await open_page(wait_live=False)
+    await expect(page.locator("#login")).to_be_visible()
+    await expect(page.locator("#connection")).to_have_attribute("data-state", "open")
+    for hidden in ("#dashboard", "#user", "#count-badge"):
+        await expect(page.locator(hidden)).to_be_hidden()
+
+    await page.get_by_label("Access token").fill("not-a-token")
+    await page.get_by_role("button", name="Log in").click()
+    await expect(page.locator("#login-error")).to_have_text("Invalid token")
+
+    await page.get_by_label("Access token").fill("admin-token")
+    await page.get_by_role("button", name="Log in").click()
+    await wait_live_page(page)
+    await expect(page.locator("#user-name")).to_have_text("admin-1")
+    await expect(page.locator("#user-role")).to_have_text("admin")
+
+    await page.reload()
+    await wait_live_page(page)
+    await expect(page.locator("#user-name")).to_have_text("admin-1")
+
+    await page.get_by_role("button", name="Log out").click()
+    await expect(page.locator("#login")).to_be_visible()
+    await expect(page.locator("#user")).to_be_hidden()
+    await expect(page.locator("#admin-panel")).to_have_count(0)
+    await page.reload()
+    await expect(page.locator("#login")).to_be_visible()
+
+
+async def test_kiosk_fragment_logs_in_and_leaves_the_address_bar(server, open_page):
+    from playwright.async_api import expect
+
+    page = await open_page("viewer-token")
+    await expect(page.locator("#user-name")).to_have_text("viewer-1")
+    assert page.url == f"{server.http}/"
+    assert await page.evaluate("location.hash") == ""
+    # Replaced, not pushed: going back does not bring the token back either.
+    await page.go_back()
+    assert "token" not in page.url
+
+
+async def test_page_reconnects_and_resubscribes_after_a_server_restart(server, admin, open_page):
+    from playwright.async_api import expect
+
+    await admin.ok("store.insert", bucket="metrics", data=metric("cpu", 5))
+    page = await open_page("viewer-token")
+    await page.wait_for_function(SHOWS_METRIC, arg=["cpu", "5", 1])
+    connection = page.locator("#connection")
+    assert await connection.get_attribute("data-connects") == "1"
+
+    await admin.close()
+    await asyncio.to_thread(server.stop)
+    await expect(connection).not_to_have_attribute("data-state", "live")
+    await expect(page.locator("#stale")).to_be_visible()
+    await asyncio.to_thread(server.start)
+
+    # Backoff, then re-login and resubscribe on its own.
+    await expect(connection).to_have_attribute("data-state", "live", timeout=20_000)
+    await expect(connection).to_have_attribute("data-connects", "2")
+    await expect(page.locator("#stale")).to_be_hidden()
+    again = await ProtocolClient.open(server.ws, "admin-token")
+    try:
+        await again.ok("store.insert", bucket="metrics", data=metric("cpu", 6))
+        await page.wait_for_function(SHOWS_METRIC, arg=["cpu", "6", 2], timeout=1000)
+        await again.ok("store.insert", bucket="alerts", data={"metric": "cpu", "threshold": 5, "timestamp": 1})
+        await expect(page.locator("#alerts li")).to_have_count(1)
+    finally:
+        await again.close()
+
+
+async def test_reconnect_delays_back_off_exponentially_with_jitter(server, open_page):
+    page = await open_page(wait_live=False)
+    free = free_port()  # nothing listens there
+    delays = await page.evaluate(
+        """async (url) => {
+          const { ProtocolClient } = await import("/static/dashboard/protocol.js");
+          const client = new ProtocolClient(url, { minDelayMs: 20, maxDelayMs: 160 });
+          const delays = [];
+          const seven = new Promise((done) => client.addEventListener("state", (event) => {
+            if (event.detail.state !== "waiting") return;
+            delays.push(event.detail.delayMs);
+            if (delays.length === 7) done();
+          }));
+          client.start();
+          await Promise.race([seven, new Promise((done) => setTimeout(done, 5000))]);
+          client.stop();
+          return delays;
+        }""",
+        f"ws://127.0.0.1:{free}/ws/",
+    )
+    ceilings = [20, 40, 80, 160, 160, 160, 160]
+    assert len(delays) == 7, delays
+    # Each delay lies in [ceiling / 2, ceiling]: half fixed, half random.
+    assert all(c / 2 - 1 <= d <= c for d, c in zip(delays, ceilings)), delays
+    assert len(set(delays[3:])) > 1, f"no jitter: {delays}"
+
+
+async def test_page_answers_heartbeat_pings(server, open_page):
+    page = await open_page("viewer-token")
+    # Unanswered pings close a connection after two intervals (4001). Being
+    # still on the first connection after several proves the page answered:
+    # waiting is the point here, there is nothing to await.
+    await page.wait_for_timeout(HEARTBEAT_SECONDS * 3500)
+    connection = page.locator("#connection")
+    assert await connection.get_attribute("data-state") == "live"
+    assert await connection.get_attribute("data-connects") == "1"
+
+
+async def test_ten_thousand_metrics_bounded_windows_and_incremental_updates(admin, open_page):
+    from playwright.async_api import expect
+
+    names = ["cpu", "disk", "memory", "net", "temp"]
+    start = int(time.time() * 1000) - 10_000 * 1000
+    await admin.insert_metrics(
+        [metric(names[i % 5], i % 97, "u", start + i * 1000) for i in range(10_000)], batch=1000
+    )
+
+    began = time.monotonic()
+    page = await open_page("viewer-token")
+    await expect(page.locator("#metric-count")).to_have_text("10,000")
+    await expect(page.locator("#charts .chart-card[data-points]")).to_have_count(4)
+    loaded = time.monotonic() - began
+
+    # Bounded windows: n table rows, 500 points per chart, one tile per name.
+    assert await page.locator("#latest tr").count() == 12
+    for card in await page.locator("#charts .chart-card").all():
+        assert (await card.get_attribute("data-points"), await card.get_attribute("data-total")) == ("500", "2000")
+    assert await page.locator("#tiles .tile").count() == 5
+    assert await page.evaluate("document.getElementsByTagName('*').length") < 1000
+
+    # The viewer picks n: the table follows.
+    await page.get_by_label("Rows").fill("30")
+    await expect(page.locator("#latest tr")).to_have_count(30)
+
+    # A push touches what changed: the other rows, tiles and charts stay as they are.
+    await page.evaluate("""() => {
+      window.kept = [...document.querySelectorAll('#latest tr, #tiles .tile')];
+      window.rendersBefore = Object.fromEntries(
+        [...document.querySelectorAll('#charts .chart-card')].map(c => [c.dataset.name, c.dataset.renders]));
+    }""")
+    await admin.ok("store.insert", bucket="metrics", data=metric("cpu", 123.25, "u", start + 10_000 * 1000))
+    await page.wait_for_function(SHOWS_METRIC, arg=["cpu", "123.25", "10,001"], timeout=1000)
+    kept = await page.evaluate("""() => ({
+      rows: window.kept.filter(e => e.tagName === 'TR' && e.isConnected).length,
+      tiles: window.kept.filter(e => e.tagName === 'ARTICLE' && e.isConnected).length,
+      renders: Object.fromEntries(
+        [...document.querySelectorAll('#charts .chart-card')].map(c => [c.dataset.name, c.dataset.renders])),
+      before: window.rendersBefore,
+    })""")
+    assert kept["rows"] == 29  # one row left the window, one came in
+    assert kept["tiles"] == 5
+    assert int(kept["renders"]["cpu"]) == int(kept["before"]["cpu"]) + 1
+    assert {k: v for k, v in kept["renders"].items() if k != "cpu"} == {
+        k: v for k, v in kept["before"].items() if k != "cpu"
+    }
+    assert loaded < 10, f"the page took {loaded:.1f} s to show 10,000 metrics"
+
+
+CONTRAST = """() => {
+  const channel = (c) => { c /= 255; return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4; };
+  const parse = (s) => s.match(/[\\d.]+/g).map(Number);
+  const luminance = ([r, g, b]) => 0.2126 * channel(r) + 0.7152 * channel(g) + 0.0722 * channel(b);
+  const background = (el) => {
+    for (; el; el = el.parentElement) {
+      const c = parse(getComputedStyle(el).backgroundColor);
+      if (c.length < 4 || c[3] === 1) return c;
+    }
+    return [255, 255, 255];
+  };
+  const worst = [];
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    const el = node.parentElement;
+    if (!node.textContent.trim() || !el.checkVisibility() || el.closest("template, noscript")) continue;
+    const [a, b] = [luminance(parse(getComputedStyle(el).color)), luminance(background(el))];
+    const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+    if (ratio < 4.5) worst.push(`${node.textContent.trim().slice(0, 30)}: ${ratio.toFixed(2)}`);
+  }
+  return worst;
+}"""
+
+
+@pytest.mark.parametrize("viewport", [WALL, PHONE], ids=["1280x720", "phone"])
+async def test_accessible_basics_at_wall_screen_and_phone_sizes(admin, open_page, viewport):
+    from playwright.async_api import expect
+
+    await admin.insert_metrics([metric(n, 50 + i, "ms") for i, n in enumerate(["latency_p95", "cpu", "requests"])])
+    for severity in ("low", "medium", "high"):
+        await admin.ok("store.insert", bucket="alerts", data={"metric": "cpu", "threshold": 1, "severity": severity, "timestamp": 1})
+    page = await open_page("admin-token", viewport=viewport)
+    await expect(page.locator("#alerts li")).to_have_count(3)
+    await expect(page.locator("#charts .chart-card[data-points]")).to_have_count(3)
+
+    # Every form control has a label (or an accessible name of its own).
+    unlabelled = await page.evaluate("""() => [...document.querySelectorAll('input, select, textarea, button')]
+      .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label') && !e.textContent.trim())
+      .map(e => e.outerHTML)""")
+    assert unlabelled == []
+    # Nothing overflows sideways, and text reads against its background.
+    assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    assert await page.evaluate(CONTRAST) == []
+    # Buttons and fields are big enough to hit on a touch screen.
+    small = await page.evaluate("""() => [...document.querySelectorAll('#admin-panel button, #admin-panel input')]
+      .filter(e => e.getBoundingClientRect().height < 24).map(e => e.outerHTML)""")
+    assert small == []
