@@ -12,10 +12,11 @@ from typing import Any
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from . import frames
+from . import frames, shutdown
 from .actions import ACTIONS, BATCHED, Context, Encoded
 from .auth import Session
 from .errors import (
+    CLOSE_GOING_AWAY,
     CLOSE_HEARTBEAT_TIMEOUT,
     CLOSE_POLICY_VIOLATION,
     CLOSE_TOO_MANY_CONNECTIONS,
@@ -88,6 +89,9 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         await self.accept()
         limits = settings.DASHBOARD
         self.outbox = Outbox(self.base_send, limits["MAX_OUTBOX_BYTES"], self._outbox_overflow)
+        if shutdown.shutting_down:
+            await self.close_with(CLOSE_GOING_AWAY, "server_shutting_down")
+            return
         address = client_address(self.scope)
         if not self.hub.admit(self, address, limits["MAX_CONNECTIONS_PER_ADDRESS"]):
             await self.close_with(CLOSE_TOO_MANY_CONNECTIONS, "too_many_connections")

@@ -26,6 +26,11 @@ logger = logging.getLogger(__name__)
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
+# Set when this process starts shutting down: new connections are turned away
+# (close 1001 server_shutting_down, as the reference server does) so that
+# reconnecting clients find another process instead of this dying one.
+shutting_down = False
+
 
 async def lifespan(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """ASGI lifespan app (uvicorn): installs the signal handlers at startup."""
@@ -77,6 +82,8 @@ async def close_all_connections() -> None:
     period, then closes them with 1000 server_shutdown."""
     from .fanout import _local_hub
 
+    global shutting_down
+    shutting_down = True
     hub = _local_hub
     if hub is None or not hub.connections:
         return
