@@ -1,13 +1,15 @@
 """Settings for the dashboard server, read from the environment once at start-up.
 
 Development defaults are safe to run on a laptop (SQLite file, in-memory channel
-layer, demo tokens); a deployment sets DJANGO_SECRET_KEY, DJANGO_DEBUG=0,
+layer); a deployment sets DJANGO_SECRET_KEY, DJANGO_DEBUG=0,
 DJANGO_ALLOWED_HOSTS, DATABASE_URL and REDIS_URL. See `.env.example`.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 
@@ -30,6 +32,11 @@ def env_int(name: str, default: int) -> int:
     return default if raw in (None, "") else int(raw)
 
 
+def env_json(name: str, default: Any) -> Any:
+    raw = os.environ.get(name)
+    return default if raw in (None, "") else json.loads(raw)
+
+
 DEBUG = env_bool("DJANGO_DEBUG", True)
 _DEV_SECRET = "dev-only-insecure-secret-key-change-me-in-production-0123456789"
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or _DEV_SECRET
@@ -49,10 +56,14 @@ INSTALLED_APPS = [
     "channels",
     "metrics.apps.MetricsConfig",
     "realtime.apps.RealtimeConfig",
+    "accounts.apps.AccountsConfig",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Serves the dashboard's static files from the app itself, so a single
+    # `./dev serve` works without a proxy (nginx can still take them over).
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -105,6 +116,9 @@ CHANNEL_GROUP_EXPIRY = 7 * 24 * 3600
 CHANNEL_CAPACITY = env_int("DASHBOARD_CHANNEL_CAPACITY", 10_000)
 # Which Redis layer: "pubsub" (default, see README "Scaling out") or "core".
 REDIS_LAYER = os.environ.get("DASHBOARD_REDIS_LAYER", "pubsub")
+# Redis pub/sub channels ignore the database number: deployments (and test
+# runs) sharing one Redis keep apart by prefix.
+CHANNEL_PREFIX = os.environ.get("DASHBOARD_CHANNEL_PREFIX", "dashboard")
 if REDIS_URL and REDIS_LAYER == "core":
     CHANNEL_LAYERS = {
         "default": {
@@ -113,6 +127,7 @@ if REDIS_URL and REDIS_LAYER == "core":
                 # socket_timeout None: redis-py 8 otherwise drops idle blocking
                 # receives every few seconds (channels_redis issue 422).
                 "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
+                "prefix": CHANNEL_PREFIX,
                 "group_expiry": CHANNEL_GROUP_EXPIRY,
                 "capacity": CHANNEL_CAPACITY,
                 "expiry": 60,
@@ -123,7 +138,7 @@ elif REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": None}]},
+            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": None}], "prefix": CHANNEL_PREFIX},
         }
     }
 else:
@@ -144,10 +159,20 @@ DAPHNE_WEBSOCKET_MAX_FRAME_SIZE = 256 * 1024 * 1024
 DASHBOARD = {
     # Dotted paths, so a deployment can replace token validation and the
     # permission rule without touching the consumer.
-    "TOKEN_VALIDATOR": os.environ.get("DASHBOARD_TOKEN_VALIDATOR", "realtime.auth.validate_demo_token"),
+    # Tokens are stored hashed (accounts app): there are no built-in tokens;
+    # `manage.py seed_demo` stores the seed's demo tokens in development.
+    "TOKEN_VALIDATOR": os.environ.get("DASHBOARD_TOKEN_VALIDATOR", "accounts.tokens.validate_token"),
     "PERMISSION_CHECK": os.environ.get("DASHBOARD_PERMISSION_CHECK", "realtime.permissions.check"),
-    # The seed's demo tokens work out of the box in development only.
-    "DEMO_TOKENS": env_bool("DASHBOARD_DEMO_TOKENS", DEBUG),
+    # Used by realtime.permissions.check_with_role_rules (when named above):
+    # per role, which buckets it may read and write and which queries it may
+    # subscribe to ("*": all). Roles named here are offered for new tokens.
+    "ROLE_RULES": env_json("DASHBOARD_ROLE_RULES", {
+        "admin": {"read": "*", "write": "*", "subscribe": "*"},
+        "viewer": {"read": "*", "subscribe": "*"},
+    }),
+    # Failed auth.login attempts per client address per minute, counted in
+    # each server process (0: no limit).
+    "LOGIN_ATTEMPTS_PER_MINUTE": env_int("DASHBOARD_LOGIN_ATTEMPTS_PER_MINUTE", 10),
     "MAX_FRAME_BYTES": env_int("DASHBOARD_MAX_FRAME_BYTES", 1024 * 1024),
     "HEARTBEAT_SECONDS": float(os.environ.get("DASHBOARD_HEARTBEAT_SECONDS", "30")),
     "MAX_SUBSCRIPTIONS_PER_CONNECTION": env_int("DASHBOARD_MAX_SUBSCRIPTIONS", 100),
@@ -166,6 +191,10 @@ DASHBOARD = {
     "MAX_TRANSACTION_OPERATIONS": env_int("DASHBOARD_MAX_TRANSACTION_OPERATIONS", 1000),
     # How often each process checks that its channel-layer messages arrive.
     "LAYER_PROBE_SECONDS": float(os.environ.get("DASHBOARD_LAYER_PROBE_SECONDS", "2")),
+    # After each fan-out round the hub may rest this many times the round's
+    # duration, trading push count for write throughput. Off by default:
+    # pipelined writes already coalesce while a round waits for the database.
+    "FANOUT_REST_RATIO": float(os.environ.get("DASHBOARD_FANOUT_REST_RATIO", "0")),
     "SHUTDOWN_GRACE_MS": env_int("DASHBOARD_SHUTDOWN_GRACE_MS", 1000),
 }
 
@@ -182,8 +211,24 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
+# Files are served from the app and static directories directly, so no
+# collectstatic step is needed before `./dev serve`.
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = DEBUG
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = BASE_DIR / "staticfiles"
+
+# --- Production security (Django's check --deploy) ---------------------------
+if not DEBUG:
+    # TLS ends at the proxy (docs/deploy.md), which sets X-Forwarded-Proto.
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", True)
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env_int("DJANGO_SECURE_HSTS_SECONDS", 31_536_000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = env_bool("DJANGO_SECURE_HSTS_PRELOAD", True)
+    CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", "")
 
 LOGGING = {
     "version": 1,

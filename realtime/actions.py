@@ -6,10 +6,10 @@ handler returns the result's data; store work runs in the database thread.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
-from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from django.conf import settings
 
@@ -23,9 +23,12 @@ from .errors import NOT_FOUND, RATE_LIMITED, UNAUTHORIZED, ProtocolError, StoreE
 from .fanout import get_hub
 from .frames import encode
 from .queries import QUERIES, get_query
+from .ratelimit import login_failures
 
 if TYPE_CHECKING:
     from .consumer import DashboardConsumer
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -47,15 +50,38 @@ def db(function: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
 
 
 async def auth_login(ctx: Context) -> Any:
+    address = client_address(ctx.consumer.scope)
+    limit = settings.DASHBOARD["LOGIN_ATTEMPTS_PER_MINUTE"]
+    retry_ms = login_failures.retry_after_ms(address, limit)
+    if retry_ms:
+        raise ProtocolError(
+            RATE_LIMITED, f"Rate limit exceeded. Retry after {retry_ms}ms", {"retryAfterMs": retry_ms}
+        )
     token = fields.non_empty_string(ctx.body, "token")
-    # The validator may read the database (stored tokens).
-    session = await sync_to_async(validate_token, thread_sensitive=True)(token)
-    if session is None:
-        raise ProtocolError(UNAUTHORIZED, "Invalid token")
-    if session.expired():
-        raise TokenExpired()
+    try:
+        # The validator may read the database (stored tokens).
+        session = await db(validate_token)(token)
+        if session is None:
+            raise ProtocolError(UNAUTHORIZED, "Invalid token")
+        if session.expired():
+            raise TokenExpired()
+    except ProtocolError as error:
+        failures = login_failures.add(address, limit)
+        # The address and the outcome, never the token: a log must not hold credentials.
+        logger.warning(
+            "auth.login failed from %s: %s (%d failure(s) in the last minute%s)",
+            address, error.message, failures, ", now rate limited" if 0 < limit <= failures else "",
+        )
+        raise
     ctx.consumer.session = session
     return session.as_login_result()
+
+
+def client_address(scope: dict[str, Any]) -> str:
+    # Behind a proxy this is the proxy's address unless the server trusts its
+    # forwarding headers (./dev serve passes --proxy-headers).
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
 
 
 async def auth_logout(ctx: Context) -> Any:

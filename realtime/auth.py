@@ -2,7 +2,8 @@
 
 `settings.DASHBOARD["TOKEN_VALIDATOR"]` names the function that turns a token
 into a Session (or None when unknown); a deployment replaces it without
-touching the consumer.
+touching the consumer. The default is `accounts.tokens.validate_token`
+(hashed tokens an operator issues); this module knows nothing of it.
 """
 from __future__ import annotations
 
@@ -40,19 +41,6 @@ class TokenExpired(ProtocolError):
 
 
 TokenValidator = Callable[[str], "Session | None"]
-
-DEMO_SESSIONS = {
-    "admin-token": Session(user_id="admin-1", roles=("admin",)),
-    "viewer-token": Session(user_id="viewer-1", roles=("viewer",)),
-}
-
-
-def validate_demo_token(token: str) -> Session | None:
-    """The seed's demo tokens, only when DASHBOARD["DEMO_TOKENS"] is on."""
-    if not settings.DASHBOARD["DEMO_TOKENS"]:
-        return None
-    return DEMO_SESSIONS.get(token)
-
 
 @lru_cache(maxsize=None)
 def _validator(path: str) -> TokenValidator:

@@ -361,10 +361,9 @@ class Hub:
         rest_until = 0.0
         while True:
             await self.wakeup.wait()
-            # After a round, rest as long as it took before the next one: under
-            # a stream of writes the fan-out takes at most about half of the
-            # loop and each round covers every change made meanwhile, while a
-            # lone change is still evaluated at once.
+            # Optionally rest after a round (FANOUT_REST_RATIO × its duration)
+            # so that a stream of writes is covered by fewer rounds; a lone
+            # change is still evaluated at once.
             rest = rest_until - loop.time()
             if rest > 0:
                 await asyncio.sleep(rest)
@@ -377,7 +376,7 @@ class Hub:
             except Exception:
                 logger.exception("fan-out round failed")
             finished = loop.time()
-            rest_until = finished + (finished - started)
+            rest_until = finished + (finished - started) * settings.DASHBOARD["FANOUT_REST_RATIO"]
 
     async def run_round(self) -> None:
         async with self.lock:

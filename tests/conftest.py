@@ -10,9 +10,11 @@ from channels.layers import channel_layers
 from django.db import connections
 from channels.testing import WebsocketCommunicator
 
+from accounts.services import demo_tokens_seed
 from dashboard_project.asgi import application
 from metrics import records
 from realtime import fanout
+from realtime.ratelimit import login_failures
 
 TIMEOUT = 5
 
@@ -88,9 +90,28 @@ def fresh_process_state():
     channel_layers.backends = {}
     fanout._hubs.clear()
     records.clear_cache()
+    login_failures.clear()
     yield
     channel_layers.backends = {}
     fanout._hubs.clear()
+
+
+@pytest.fixture(autouse=True)
+def demo_tokens(request):
+    """Stores the seed's demo tokens (admin-token, viewer-token), as
+    `manage.py seed_demo` does, for every test that uses the database, unless
+    it is marked no_demo_tokens.
+
+    A sync fixture, so it also serves sync tests and tests that run their own
+    event loops; it asks for the database only when the test's django_db
+    marker does (that marker decides transactional or not). Transactional
+    tests flush the tables after each test, the others roll back: nothing
+    seeded here outlives its test.
+    """
+    if request.node.get_closest_marker("django_db") is None or request.node.get_closest_marker("no_demo_tokens"):
+        return
+    request.getfixturevalue("db")
+    demo_tokens_seed()
 
 
 @pytest.fixture
@@ -98,8 +119,10 @@ async def connect():
     """Opens protocol clients (after the welcome frame); always disconnects them."""
     opened: list[WebsocketCommunicator] = []
 
-    async def open_client(token: str | None = None, path: str = "/ws/") -> Client:
+    async def open_client(token: str | None = None, path: str = "/ws/", address: str | None = None) -> Client:
         communicator = WebsocketCommunicator(application, path)
+        if address is not None:
+            communicator.scope["client"] = (address, 50000)
         connected, _ = await communicator.connect(timeout=TIMEOUT)
         assert connected
         opened.append(communicator)

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from metrics import selectors, services
-from realtime.auth import Session, TokenExpired, validate_demo_token
+from accounts.tokens import validate_token
+from realtime.auth import Session, TokenExpired
 from tests.conftest import TIMEOUT, Client, metric
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -252,8 +253,8 @@ async def test_failed_login_keeps_the_current_session(connect, existing, fields,
         await assert_usable(client)
 
 
-async def test_demo_tokens_are_invalid_when_turned_off(connect, settings):
-    settings.DASHBOARD = {**settings.DASHBOARD, "DEMO_TOKENS": False}
+@pytest.mark.no_demo_tokens
+async def test_demo_tokens_are_invalid_unless_seeded(connect):
     client = await connect()
     assert await client.request("auth.login", token="admin-token") == error(1, "UNAUTHORIZED", "Invalid token")
     assert await client.ok("auth.whoami") == {"authenticated": False}
@@ -270,7 +271,7 @@ def expiring_tokens(token: str) -> Session | None:
         raise TokenExpired()
     if token == "short-lived-token":
         return Session(user_id="temp-1", roles=("admin",), expires_at=now_ms() + SHORT_LIFE_MS)
-    return validate_demo_token(token)
+    return validate_token(token)
 
 
 @pytest.fixture
