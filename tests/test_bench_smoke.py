@@ -1,0 +1,22 @@
+"""CI runs each benchmark scenario at smoke size, for correctness only: every
+viewer ends with the final result and the push counts follow the rules.
+(Timings are for bench/, never asserted here.)"""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.multiprocess
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def test_benchmark_scenarios_pass_their_checks_at_smoke_size():
+    result = subprocess.run(
+        ["bash", "bench/run.sh", "uvicorn", "S1,S2,S3,S4", "--smoke", "--runs", "1"],
+        cwd=PROJECT, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert result.stdout.count('"ok":true') == 4, result.stdout[-4000:]
