@@ -297,7 +297,7 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         every viewer on every change and the rule only sees the session.
         """
         session = self.session
-        if session is None or session.expired():
+        if session is None or (session.expires_at is not None and session.expired()):
             return False
         if subscription.allowed_for is not session:
             if not is_allowed(session, "store.subscribe", subscription.live.query.name):
