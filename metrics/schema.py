@@ -167,43 +167,31 @@ def _unknown_fields(bucket: BucketSchema, data: dict[str, Any]) -> list[Issue]:
 
 def validate_insert(bucket: BucketSchema, data: dict[str, Any]) -> dict[str, Any]:
     """Column values for a new record, defaults applied; raises VALIDATION_ERROR."""
-    issues: list[Issue] = []
-    columns: dict[str, Any] = {}
-    for spec in bucket.fields:
-        value = data.get(spec.name)
-        if value is None:
-            if spec.generated:
-                columns[spec.column] = str(uuid.uuid4())
-            elif spec.required:
-                issues.append(_issue(spec, "required", "Field is required"))
-            else:
-                columns[spec.column] = spec.default
-            continue
-        cleaned, issue = _check_value(spec, value)
-        if issue:
-            issues.append(issue)
-        else:
-            columns[spec.column] = cleaned
-    issues.extend(_unknown_fields(bucket, data))
-    if issues:
-        _raise_issues(bucket, issues)
-    return columns
+    return _validate(bucket, data, partial=False)
 
 
 def validate_update(bucket: BucketSchema, key: str, data: dict[str, Any]) -> dict[str, Any]:
-    """Column values to change on an existing record; raises VALIDATION_ERROR."""
+    """Column values to change on an existing record; raises VALIDATION_ERROR.
+
+    The key cannot change; like the reference, a copy of the record sent back
+    as update data is accepted and its key (and meta fields) ignored.
+    """
+    return _validate(bucket, data, partial=True)
+
+
+def _validate(bucket: BucketSchema, data: dict[str, Any], *, partial: bool) -> dict[str, Any]:
+    """Checks fields in schema order (issues are reported in that order).
+    `partial`: only the fields present are checked and returned."""
     issues: list[Issue] = []
     columns: dict[str, Any] = {}
     for spec in bucket.fields:
-        if spec.name not in data:
+        if partial and (spec.name not in data or spec.generated):
             continue
-        value = data[spec.name]
-        if spec.generated:
-            # The key cannot change; like the reference, a copy of the record
-            # sent back as update data is accepted and its key ignored.
-            continue
-        if value is None:
-            if spec.required:
+        value = data.get(spec.name)
+        if value is None:  # null counts as missing, as in the reference
+            if spec.generated:
+                columns[spec.column] = str(uuid.uuid4())
+            elif spec.required:
                 issues.append(_issue(spec, "required", "Field is required"))
             else:
                 columns[spec.column] = spec.default

@@ -51,50 +51,41 @@ GROUP_REFRESH_SECONDS = 3600
 
 def publish_change(sender: Any, changes: dict[str, list[str] | None], **kwargs: Any) -> None:
     """`records_changed` receiver: runs in the committing thread, after commit."""
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    message = {"type": CHANGED_MESSAGE, "changes": changes, "origin": PROCESS_ID}
-    hub = _local_hub
-    if hub is not None and hub.loop.is_running():
-        # A server process: its own hub learns of the change directly (no
-        # layer round trip, and it still learns when the layer is down), and
-        # the other processes through the layer. The commit ran in the
-        # database thread, which must not wait for the loop.
-        if _in_other_thread(hub.loop):
-            hub.loop.call_soon_threadsafe(hub.publish_local, layer, message)
-        else:
-            hub.publish_local(layer, message)
-        return
-    try:
-        async_to_sync(layer.group_send)(CHANGES_GROUP, message)
-    except Exception:
-        # The write is committed; failing it now would lie to the writer.
-        # Subscribers recover on their next change or by resubscribing.
-        logger.exception("could not publish a store change to the channel layer")
+    _broadcast({"type": CHANGED_MESSAGE, "changes": changes, "origin": PROCESS_ID}, "a store change")
 
 
 def publish_revocation(token_ids: list[str], reason: str) -> None:
     """Ends, on every server process, the live sessions that were opened with
     these tokens (ids as the token validator puts them in Session.token_id).
     Callable from any thread or process, like publish_change."""
+    if token_ids:
+        message = {"type": REVOKED_MESSAGE, "tokens": [str(t) for t in token_ids], "reason": reason,
+                   "origin": PROCESS_ID}
+        _broadcast(message, "a session revocation")
+
+
+def _broadcast(message: dict[str, Any], what: str) -> None:
+    """Delivers a message to the hub of every server process. In a server
+    process its own hub handles it at once (no layer round trip, and it still
+    works while the layer is down) and the others get it through the layer;
+    the calling thread (often the database thread) never waits for the loop.
+    Elsewhere (a management command) it goes through the layer only."""
     layer = get_channel_layer()
-    if layer is None or not token_ids:
+    if layer is None:
         return
-    message = {"type": REVOKED_MESSAGE, "tokens": [str(t) for t in token_ids], "reason": reason}
     hub = _local_hub
     if hub is not None and hub.loop.is_running():
-        # The local hub acts at once; the layer message reaches the others
-        # (and this hub again, harmlessly: the sessions are gone by then).
         if _in_other_thread(hub.loop):
-            hub.loop.call_soon_threadsafe(hub.revoke_local, layer, message)
+            hub.loop.call_soon_threadsafe(hub.handle_local, layer, message)
         else:
-            hub.revoke_local(layer, message)
+            hub.handle_local(layer, message)
         return
     try:
         async_to_sync(layer.group_send)(CHANGES_GROUP, message)
     except Exception:
-        logger.exception("could not publish a session revocation to the channel layer")
+        # What it reports is already committed; failing now would lie to the
+        # caller. Hubs repair missed changes when their layer probes return.
+        logger.exception("could not publish %s to the channel layer", what)
 
 
 _local_hub: "Hub | None" = None
@@ -286,13 +277,24 @@ class Hub:
                 logger.exception("channel layer receive failed; retrying")
                 await asyncio.sleep(1)
                 continue
-            kind, origin = message.get("type"), message.get("origin")
-            if kind == CHANGED_MESSAGE and origin != PROCESS_ID:
-                self.note_changes(message.get("changes") or {})
-            elif kind == PROBE_MESSAGE and origin == PROCESS_ID:
-                self._probe_came_back(message.get("n", 0))
-            elif kind == REVOKED_MESSAGE:
-                self.revoke_sessions(set(message.get("tokens") or ()), str(message.get("reason", "")))
+            if message.get("origin") == PROCESS_ID:
+                # Applied when it was sent (handle_local); a probe comes back.
+                if message.get("type") == PROBE_MESSAGE:
+                    self._probe_came_back(message.get("n", 0))
+                continue
+            self.handle(message)
+
+    def handle(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == CHANGED_MESSAGE:
+            self.note_changes(message.get("changes") or {})
+        elif kind == REVOKED_MESSAGE:
+            self.revoke_sessions(set(message.get("tokens") or ()), str(message.get("reason", "")))
+
+    def note_changes(self, changes: dict[str, Any]) -> None:
+        self.changes_received += 1
+        self.pending.update(changes)
+        self.wakeup.set()
 
     def revoke_sessions(self, token_ids: set[str], reason: str) -> None:
         for consumer in list(self.connections):
@@ -300,19 +302,9 @@ class Hub:
             if session is not None and session.token_id is not None and session.token_id in token_ids:
                 consumer.revoke(reason)
 
-    def revoke_local(self, layer: Any, message: dict[str, Any]) -> None:
-        self.revoke_sessions(set(message["tokens"]), message["reason"])
-        task = asyncio.ensure_future(layer.group_send(CHANGES_GROUP, message))
-        task.add_done_callback(self._sent)
-
-    def note_changes(self, changes: dict[str, Any]) -> None:
-        self.changes_received += 1
-        self.pending.update(changes)
-        self.wakeup.set()
-
-    def publish_local(self, layer: Any, message: dict[str, Any]) -> None:
-        """A change committed in this process: apply it here, send it on."""
-        self.note_changes(message["changes"])
+    def handle_local(self, layer: Any, message: dict[str, Any]) -> None:
+        """A message from this process: handle it here, send it on."""
+        self.handle(message)
         task = asyncio.ensure_future(layer.group_send(CHANGES_GROUP, message))
         task.add_done_callback(self._sent)
 
