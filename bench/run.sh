@@ -20,13 +20,12 @@ tmp=$(mktemp -d /tmp/dashboard-bench.XXXXXX)
 port=${BENCH_PORT:-$($py -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 
 # Production-like settings: with DEBUG on, Django keeps every SQL query in memory, which
-# would distort CPU and RSS figures.  The demo tokens must then be switched on explicitly.
+# would distort CPU and RSS figures (so seed_demo below needs --force).
 export DATABASE_URL="sqlite:///$tmp/db.sqlite3"
 export DJANGO_DEBUG=0
 DJANGO_SECRET_KEY=$($py -c 'import secrets; print(secrets.token_urlsafe(50))')
 export DJANGO_SECRET_KEY
 export DJANGO_ALLOWED_HOSTS=127.0.0.1,localhost
-export DASHBOARD_DEMO_TOKENS=1
 export DJANGO_LOG_LEVEL=${DJANGO_LOG_LEVEL:-WARNING}
 unset REDIS_URL  # one process: the in-memory channel layer
 

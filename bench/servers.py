@@ -1,9 +1,22 @@
-"""Fresh dashboard server processes for multi-process benchmarks: PostgreSQL + Redis + N uvicorns.
+"""Real dashboard server processes: the one place that starts, waits for and stops them.
 
-A `Cluster` creates a new PostgreSQL database (psycopg), migrates it, seeds the demo tokens
-(`manage.py seed_demo --force`, when the command exists), starts N uvicorn processes on free
-loopback ports with production-like settings and the Redis channel layer, and on exit stops
-them and drops the database.  Every wait is bounded.
+Everything that runs the project as separate processes builds on this module: the
+multi-process benchmarks here (`bench/soak.py`, `bench/run_multi.sh` through `main()`), and
+the tests and `docs/make_screenshot.py` through `tests/servers.py`, which adds pytest's
+pieces (fixtures, skips, failure reports). Dependencies point one way: tests import bench,
+bench never imports tests, so a benchmark runs from a checkout with nothing but this
+directory, and this module knows nothing of pytest (failures raise `ServerError`).
+
+What it offers:
+
+- `free_port`, `port_open`, `uvicorn_argv`, `server_env`;
+- `Process` / `Server`: a child process logging to a file, started and waited for until it
+  listens (bounded), stopped with SIGTERM then SIGKILL, killed, paused; `RedisServer`;
+- `manage`, `manage_async`, `manage_spawn`: `manage.py` commands, and `prepare_database`
+  (migrate, then `seed_demo` for the demo tokens);
+- PostgreSQL (`create_database`, `drop_database`) and Redis (`redis_reachable`,
+  `group_listeners`) helpers;
+- `Cluster`: N servers sharing one fresh PostgreSQL database and Redis; a context manager.
 
     # as a library (bench/soak.py)
     with Cluster(processes=2) as cluster:
@@ -22,6 +35,7 @@ The servers' logs stay in a temp dir when a run fails or with --keep.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import resource
 import secrets
@@ -34,6 +48,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import urlsplit, urlunsplit
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 PYTHON = str(PROJECT_DIR / ".venv" / "bin" / "python")
@@ -44,6 +59,12 @@ CHANGES_CHANNEL = "asgi__group__dashboard.changes"
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 COMMAND_TIMEOUT_S = 300.0
+# The first line a process writes to its log at each start (not the process's own output).
+LOG_HEADER = "--- starting "
+
+
+class ServerError(RuntimeError):
+    """A process that would not start, or a `manage.py` command that failed."""
 
 
 def free_port() -> int:
@@ -68,9 +89,276 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def database_url(name: str) -> str:
-    base, _, _ = POSTGRES_URL.rpartition("/")
-    return f"{base}/{name}"
+def uvicorn_argv(port: int, python: str = sys.executable) -> list[str]:
+    """The command line of one server process on a loopback port."""
+    return [
+        python, "-m", "uvicorn", "dashboard_project.asgi:application",
+        "--host", "127.0.0.1", "--port", str(port),
+        "--ws-per-message-deflate", "false", "--log-level", "warning",
+    ]
+
+
+def server_env(database_url: str, redis_url: str | None = None, *, debug: bool = True, **extra: str) -> dict[str, str]:
+    """The environment of a server or `manage.py` process: ours, with the project's settings,
+    `database_url`, `redis_url` (None: no REDIS_URL, so one process with the in-memory layer),
+    DEBUG on or off, unbuffered output, then `extra`."""
+    env = dict(os.environ)
+    env.update(
+        DJANGO_SETTINGS_MODULE="dashboard_project.settings",
+        DATABASE_URL=database_url,
+        DJANGO_DEBUG="1" if debug else "0",
+        PYTHONUNBUFFERED="1",
+    )
+    if redis_url is None:
+        env.pop("REDIS_URL", None)
+    else:
+        env["REDIS_URL"] = redis_url
+    env.update(extra)
+    return env
+
+
+# --- processes ---------------------------------------------------------------------
+
+# Started and not stopped since: whose logs a failure report shows (tests/servers.py).
+LIVE: list[Process] = []
+
+
+class Process:
+    """A child process listening on `port`, whose output goes to a log file; always stoppable."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path, port: int, *,
+                 start_timeout: float = START_TIMEOUT_S, stop_timeout: float = STOP_TIMEOUT_S) -> None:
+        self.name, self.argv, self.env, self.log_path, self.port = name, argv, env, log_path, port
+        self.start_timeout, self.stop_timeout = start_timeout, stop_timeout
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Starts the process and returns once it accepts connections on its port."""
+        self.launch()
+        self.wait_until_listening()
+
+    def launch(self) -> None:
+        """Starts the process without waiting (to start several at once)."""
+        if self.running:
+            raise ServerError(f"{self.name} is already running")
+        with open(self.log_path, "ab") as log:
+            log.write(f"{LOG_HEADER}{self.name}: {' '.join(self.argv)}\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(
+                self.argv, cwd=PROJECT_DIR, env=self.env, stdin=subprocess.DEVNULL,
+                stdout=log, stderr=subprocess.STDOUT,
+            )
+        if self not in LIVE:
+            LIVE.append(self)
+
+    def wait_until_listening(self) -> None:
+        """Returns once the port accepts connections; raises ServerError (with the log) when the
+        process exits first or `start_timeout` passes (the process is stopped then)."""
+        assert self.proc is not None, f"{self.name} was never started"
+        deadline = time.monotonic() + self.start_timeout
+        while not port_open(self.port):
+            if self.proc.poll() is not None:
+                raise ServerError(f"{self.name} exited with {self.proc.returncode} before accepting "
+                                  f"connections:\n{self.log()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ServerError(f"{self.name} did not accept connections on port {self.port} within "
+                                  f"{self.start_timeout} s:\n{self.log()}")
+            time.sleep(0.05)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, f"{self.name} was never started"
+        return self.proc.pid
+
+    def pause(self) -> None:
+        """SIGSTOP: the socket stays open but nothing is read or answered."""
+        assert self.running, f"{self.name} is not running"
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash (a paused process too): nothing shuts down cleanly."""
+        assert self.proc is not None, f"{self.name} was never started"
+        self.proc.kill()
+        self.proc.wait(timeout=self.stop_timeout)
+
+    def terminate(self) -> None:
+        """SIGTERM, the graceful shutdown (a paused process is resumed to hear it); no wait."""
+        if self.running:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.send_signal(signal.SIGTERM)
+
+    def wait_or_kill(self, timeout: float | None = None) -> None:
+        """Waits `timeout` (default `stop_timeout`) for the process to exit, then SIGKILLs it."""
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout=self.stop_timeout if timeout is None else timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=self.stop_timeout)
+        if self in LIVE:
+            LIVE.remove(self)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it has not exited in time; nothing when not running."""
+        self.terminate()
+        self.wait_or_kill()
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return "(no log)"
+
+
+class Server(Process):
+    """A dashboard server process (see `uvicorn_argv`)."""
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws/"
+
+
+class RedisServer(Process):
+    """A redis-server of our own: no persistence, so a restart starts empty."""
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def shutdown(self) -> None:
+        """SHUTDOWN NOSAVE, and wait for the process to exit."""
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        # No retries: the command succeeds by closing the connection.
+        client = redis.Redis(
+            host="127.0.0.1", port=self.port, socket_connect_timeout=1, socket_timeout=2, retry=Retry(NoBackoff(), 0)
+        )
+        try:
+            client.shutdown(nosave=True)
+        except redis.ConnectionError:
+            pass  # the server closes the connection as it exits
+        finally:
+            client.close()
+        self.proc.wait(timeout=self.stop_timeout)
+
+
+def make_redis_server(log_dir: Path, port: int | None = None, **timeouts: float) -> RedisServer:
+    """A redis-server on a free loopback port (not started); ServerError when none is installed."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise ServerError("redis-server is not installed")
+    port = port or free_port()
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    return RedisServer("redis", argv, dict(os.environ), log_dir / f"redis-{port}.log", port, **timeouts)
+
+
+# --- manage.py ---------------------------------------------------------------------
+
+
+def _failed(args: tuple[str, ...], returncode: int, output: str) -> ServerError:
+    return ServerError(f"manage.py {' '.join(args)} exited with {returncode}:\n{output[-4000:]}")
+
+
+def manage(env: dict[str, str], *args: str, timeout: float = COMMAND_TIMEOUT_S,
+           python: str = sys.executable) -> subprocess.CompletedProcess[str]:
+    """Runs `manage.py <args>` to the end; raises ServerError unless it succeeds."""
+    result = subprocess.run(
+        [python, "manage.py", *args], cwd=PROJECT_DIR, env=env,
+        capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+    )
+    if result.returncode != 0:
+        raise _failed(args, result.returncode, result.stdout + result.stderr)
+    return result
+
+
+async def manage_spawn(env: dict[str, str], *args: str, merge_stderr: bool = False,
+                       python: str = sys.executable) -> asyncio.subprocess.Process:
+    """Starts `manage.py <args>` with its output piped (stderr into stdout with `merge_stderr`);
+    the caller reads and stops it."""
+    return await asyncio.create_subprocess_exec(
+        python, "manage.py", *args, cwd=PROJECT_DIR, env=env, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
+    )
+
+
+async def manage_async(env: dict[str, str], *args: str, timeout: float = COMMAND_TIMEOUT_S,
+                       merge_stderr: bool = False, python: str = sys.executable) -> tuple[int, str, str]:
+    """Runs `manage.py <args>` without blocking the event loop: (returncode, stdout, stderr),
+    stderr "" with `merge_stderr`. Raises ServerError (after killing it) if it runs past `timeout`."""
+    proc = await manage_spawn(env, *args, merge_stderr=merge_stderr, python=python)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except asyncio.TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise ServerError(f"manage.py {' '.join(args)} did not finish within {timeout} s") from None
+    return proc.returncode, out.decode(errors="replace"), (err or b"").decode(errors="replace")
+
+
+def prepare_database(env: dict[str, str], *, force: bool = False, timeout: float = COMMAND_TIMEOUT_S,
+                     python: str = sys.executable) -> None:
+    """Migrates the database of `env` and seeds the demo tokens (`seed_demo`, with `--force`
+    where DEBUG is off: they are public knowledge, fit only for a throwaway server)."""
+    manage(env, "migrate", "--no-input", "-v0", timeout=timeout, python=python)
+    manage(env, "seed_demo", *(["--force"] if force else []), timeout=timeout, python=python)
+
+
+# --- PostgreSQL and Redis ------------------------------------------------------------
+
+
+def database_url(name: str, server_url: str = POSTGRES_URL) -> str:
+    """The URL of database `name` on the PostgreSQL server of `server_url`."""
+    return urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
+
+
+def postgres_connect(url: str, *, connect_timeout: int = 5, statement_timeout_ms: int | None = None):
+    """An autocommit psycopg connection (a `postgres://` URL works too)."""
+    import psycopg
+
+    options = {} if statement_timeout_ms is None else {"options": f"-c statement_timeout={statement_timeout_ms}"}
+    return psycopg.connect(url.replace("postgres://", "postgresql://", 1), autocommit=True,
+                           connect_timeout=connect_timeout, **options)
+
+
+def create_database(admin_url: str, name: str) -> None:
+    """CREATE DATABASE `name`, connected to `admin_url` (a maintenance database)."""
+    from psycopg import sql
+
+    with postgres_connect(admin_url) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def drop_database(admin_url: str, name: str) -> None:
+    """DROP DATABASE `name` if it exists, ending its sessions (FORCE: a killed server may have left some)."""
+    from psycopg import sql
+
+    with postgres_connect(admin_url) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def redis_reachable(url: str) -> bool:
+    """True when a Redis answers PING at `url` within a second."""
+    try:
+        import redis
+
+        client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except Exception:
+        return False
 
 
 def group_listeners(redis_url: str = REDIS_URL) -> int | None:
@@ -87,6 +375,9 @@ def group_listeners(redis_url: str = REDIS_URL) -> int | None:
         return None
 
 
+# --- benchmark clusters --------------------------------------------------------------
+
+
 class Cluster:
     """N server processes sharing one fresh PostgreSQL database and Redis; a context manager."""
 
@@ -97,9 +388,16 @@ class Cluster:
         self.keep = keep
         self.database = f"bench_{os.getpid()}_{secrets.token_hex(3)}"
         self.workdir = Path(tempfile.mkdtemp(prefix="dashboard-multi."))
-        self.env = self._environment(extra_env or {})
-        self.ports: list[int] = []
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.env = server_env(
+            database_url(self.database), redis_url,
+            # Production-like: with DEBUG on, Django keeps every SQL query in memory.
+            debug=False,
+            DJANGO_SECRET_KEY=secrets.token_urlsafe(50),
+            DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
+            DJANGO_LOG_LEVEL=os.environ.get("DJANGO_LOG_LEVEL", "WARNING"),
+            **(extra_env or {}),
+        )
+        self.servers: list[Server] = []
         self.failed = False
         self._created = False
 
@@ -120,30 +418,31 @@ class Cluster:
 
     def start(self) -> None:
         raise_fd_limit()
-        self._create_database()
-        self._manage("migrate", "--noinput")
-        if "seed_demo" in self._manage("help", "--commands").split():
-            # DEBUG is off, as in production, so the throwaway demo tokens need --force.
-            self._manage("seed_demo", "--force")
+        create_database(POSTGRES_URL, self.database)
+        self._created = True
+        prepare_database(self.env, force=True, python=PYTHON)
         for index in range(self.processes):
-            self._start_server(index)
-        for index in range(self.processes):
-            self._wait_for_port(index)
+            port = free_port()
+            server = Server(f"server {index}", uvicorn_argv(port, PYTHON), self.env, self.log_path(index), port,
+                            start_timeout=START_TIMEOUT_S, stop_timeout=STOP_TIMEOUT_S)
+            server.launch()
+            self.servers.append(server)
+        for server in self.servers:
+            server.wait_until_listening()
 
     def stop(self) -> None:
         """Stop the servers (SIGTERM: the graceful shutdown path, then SIGKILL), drop the database."""
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+        for server in self.servers:
+            server.terminate()
         deadline = time.monotonic() + STOP_TIMEOUT_S
-        for proc in self.procs:
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        for server in self.servers:
+            server.wait_or_kill(max(0.1, deadline - time.monotonic()))
         if self._created:
-            self._drop_database()
+            try:
+                drop_database(POSTGRES_URL, self.database)
+                self._created = False
+            except Exception as error:
+                print(f"could not drop database {self.database}: {error}", file=sys.stderr)
         if self.failed or self.keep:
             print(f"server logs kept in {self.workdir}", file=sys.stderr)
         else:
@@ -153,96 +452,31 @@ class Cluster:
 
     @property
     def urls(self) -> list[str]:
-        return [f"ws://127.0.0.1:{port}/ws/" for port in self.ports]
+        return [server.ws for server in self.servers]
 
     @property
     def pids(self) -> list[int]:
-        return [proc.pid for proc in self.procs]
+        return [server.pid for server in self.servers]
 
     def log_path(self, index: int) -> Path:
         return self.workdir / f"server{index}.log"
 
     def notable_log_lines(self, index: int, limit: int = 20) -> tuple[int, list[str]]:
-        """(number of non-empty lines, the last `limit` of them) of a server's log: at
-        --log-level warning and DJANGO_LOG_LEVEL=WARNING, every line is worth reading."""
+        """(number of non-empty lines, the last `limit` of them) of a server's log, our own
+        start lines aside: at --log-level warning and DJANGO_LOG_LEVEL=WARNING, every line is
+        worth reading."""
         try:
-            lines = [line for line in self.log_path(index).read_text(errors="replace").splitlines() if line.strip()]
+            text = self.log_path(index).read_text(errors="replace")
         except OSError:
             return 0, []
+        lines = [line for line in text.splitlines() if line.strip() and not line.startswith(LOG_HEADER)]
         return len(lines), lines[-limit:]
 
     def backend_pids(self) -> list[int]:
         """PostgreSQL backends serving this cluster's database (their CPU is the database's share)."""
-        import psycopg
-
-        with psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=5) as conn:
+        with postgres_connect(POSTGRES_URL) as conn:
             rows = conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (self.database,)).fetchall()
         return [int(pid) for (pid,) in rows]
-
-    # --- steps
-
-    def _environment(self, extra: dict[str, str]) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(
-            DATABASE_URL=database_url(self.database),
-            REDIS_URL=self.redis_url,
-            # Production-like: with DEBUG on, Django keeps every SQL query in memory.
-            DJANGO_DEBUG="0",
-            DJANGO_SECRET_KEY=secrets.token_urlsafe(50),
-            DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
-            DASHBOARD_DEMO_TOKENS="1",
-            DJANGO_LOG_LEVEL=os.environ.get("DJANGO_LOG_LEVEL", "WARNING"),
-        )
-        env.pop("DJANGO_SETTINGS_MODULE", None)  # manage.py and asgi.py pick the project's own
-        env.update(extra)
-        return env
-
-    def _create_database(self) -> None:
-        import psycopg
-        from psycopg import sql
-
-        with psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.database)))
-        self._created = True
-
-    def _drop_database(self) -> None:
-        import psycopg
-        from psycopg import sql
-
-        try:
-            with psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=5) as conn:
-                # FORCE ends backends a killed server may have left behind.
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.database)))
-            self._created = False
-        except Exception as error:
-            print(f"could not drop database {self.database}: {error}", file=sys.stderr)
-
-    def _manage(self, *args: str) -> str:
-        result = subprocess.run([PYTHON, "manage.py", *args], cwd=PROJECT_DIR, env=self.env, capture_output=True,
-                                text=True, timeout=COMMAND_TIMEOUT_S, stdin=subprocess.DEVNULL)
-        if result.returncode != 0:
-            raise RuntimeError(f"manage.py {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-2000:]}")
-        return result.stdout
-
-    def _start_server(self, index: int) -> None:
-        port = free_port()
-        command = [PYTHON, "-m", "uvicorn", "dashboard_project.asgi:application", "--host", "127.0.0.1",
-                   "--port", str(port), "--ws-per-message-deflate", "false", "--log-level", "warning"]
-        with open(self.log_path(index), "wb") as log:
-            proc = subprocess.Popen(command, cwd=PROJECT_DIR, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL)
-        self.ports.append(port)
-        self.procs.append(proc)
-
-    def _wait_for_port(self, index: int) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not port_open(self.ports[index]):
-            if self.procs[index].poll() is not None:
-                raise RuntimeError(f"server {index} exited with {self.procs[index].returncode}; "
-                                   f"log: {self.log_path(index)}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server {index} did not open port {self.ports[index]} in {START_TIMEOUT_S}s")
-            time.sleep(0.1)
 
 
 def substitute(text: str, fill: dict[str, str]) -> str:

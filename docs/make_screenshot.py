@@ -19,7 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.liveserver import LiveServer, ProtocolClient, launch_chromium  # noqa: E402
+from tests.browser import ProtocolClient, launch_chromium  # noqa: E402
+from tests.servers import LiveServer  # noqa: E402
 
 OUTPUT = Path(__file__).resolve().parent / "dashboard.png"
 VIEWPORT = {"width": 1280, "height": 720}

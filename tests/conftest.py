@@ -16,6 +16,9 @@ from metrics import records
 from realtime import fanout
 from realtime.ratelimit import login_failures
 
+# The server helpers' asserts explain themselves too (before any test module imports them).
+pytest.register_assert_rewrite("tests.servers")
+
 TIMEOUT = 5
 
 

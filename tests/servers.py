@@ -1,15 +1,23 @@
-"""Real server processes for the multi-process tests (tests/test_multiprocess.py).
+"""Real server processes in tests: pytest's layer on `bench/servers.py`.
 
-Fixtures here start uvicorn processes of `dashboard_project.asgi:application`
-on free loopback ports, against a fresh PostgreSQL database and a Redis
-pub/sub channel layer, exactly as a deployment runs several processes. The
-tests talk to those processes only (WebSocket, HTTP, psycopg for setup and
-cross-checks); nothing goes through Django's test database.
+`bench/servers.py` is the one place that starts, waits for and stops server processes
+and runs `manage.py` (tests import bench, never the other way: benchmarks stand alone).
+This module adds what only tests need, and raises `ServerError` from there as is:
 
-Without PostgreSQL or Redis the tests skip, except under CI=true, where a
-missing service fails them. When a test fails, every live server's log is
-attached to the failure report (this module is loaded as a plugin by the test
-module for that).
+- `LiveServer`: one server on its own SQLite file and the in-memory layer (test_client,
+  test_commands, test_shutdown, test_slow_client, test_browser, docs/make_screenshot.py),
+  with `live_server` and the `template_database` fixture to start it fast.
+- Multi-process fixtures (test_multiprocess, test_access_multiprocess): uvicorn processes
+  of `dashboard_project.asgi:application` on free loopback ports, against a fresh
+  PostgreSQL database and a Redis pub/sub channel layer, exactly as a deployment runs
+  several processes. The tests talk to those processes only (WebSocket, HTTP, psycopg for
+  setup and cross-checks); nothing goes through Django's test database. Without
+  PostgreSQL or Redis they skip, except under CI=true, where a missing service fails them.
+- A protocol client over a real WebSocket (`Client`, `open_client`, `ws_connect`).
+- When a test fails, every live server's log is attached to the failure report (a test
+  module loads this module as a plugin for that).
+
+Every wait is bounded.
 """
 from __future__ import annotations
 
@@ -19,26 +27,43 @@ import json
 import os
 import secrets
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
+from bench.servers import (  # noqa: F401  (PROJECT_DIR, ServerError, port_open: for the tests)
+    LIVE,
+    PROJECT_DIR,
+    RedisServer,
+    Server,
+    ServerError,
+    create_database,
+    database_url,
+    drop_database,
+    free_port,
+    manage_async,
+    manage_spawn,
+    port_open,
+    postgres_connect,
+    prepare_database,
+    redis_reachable,
+    server_env,
+    uvicorn_argv,
+)
+from bench.servers import make_redis_server as _make_redis_server
+
 # Every wait in these tests is bounded by one of these.
 TIMEOUT = 5.0
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 5.0
+COMMAND_TIMEOUT = 60.0
 LAYER_PROBE_SECONDS = 0.5
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
 # The machine's Redis (the database number is ours to choose: see redis_url).
-MACHINE_REDIS = urlsplit(os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0"))
+MACHINE_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 def unavailable(reason: str) -> None:
@@ -48,162 +73,112 @@ def unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+# --- one server on SQLite --------------------------------------------------------------
 
 
-def port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
+class LiveServer(Server):
+    """One server on its own SQLite file in `workdir` (which holds its log too), DEBUG on so
+    that the page's static files are served; `extra_env` goes into its environment. It can
+    be stopped, killed or paused, and started again on the same port."""
 
-
-# --- processes ---------------------------------------------------------------------
-
-_live: list["Process"] = []
-
-
-class Process:
-    """A child process whose output goes to a log file; always stoppable."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path, port: int) -> None:
-        self.name, self.argv, self.env, self.log_path, self.port = name, argv, env, log_path, port
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        assert self.proc is None or self.proc.poll() is not None, f"{self.name} is already running"
-        with open(self.log_path, "ab") as log:
-            log.write(f"--- starting {self.name}: {' '.join(self.argv)}\n".encode())
-            log.flush()
-            self.proc = subprocess.Popen(
-                self.argv, cwd=PROJECT_DIR, env=self.env, stdin=subprocess.DEVNULL,
-                stdout=log, stderr=subprocess.STDOUT,
-            )
-        if self not in _live:
-            _live.append(self)
-        deadline = time.monotonic() + START_TIMEOUT
-        while not port_open(self.port):
-            if self.proc.poll() is not None:
-                pytest.fail(f"{self.name} exited with {self.proc.returncode} before accepting "
-                            f"connections:\n{self.log()}", pytrace=False)
-            if time.monotonic() > deadline:
-                self.stop()
-                pytest.fail(f"{self.name} did not accept connections on port {self.port} within "
-                            f"{START_TIMEOUT} s:\n{self.log()}", pytrace=False)
-            time.sleep(0.05)
+    def __init__(self, workdir: Path, **extra_env: str) -> None:
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        env = server_env(f"sqlite:///{self.workdir.resolve() / 'db.sqlite3'}", **extra_env)
+        # A graceful shutdown with pages connected may take longer than STOP_TIMEOUT.
+        super().__init__("server", uvicorn_argv(port), env, self.workdir / "server.log", port,
+                         start_timeout=START_TIMEOUT, stop_timeout=10.0)
 
     @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+    def url(self) -> str:
+        return self.ws
 
-    def kill(self) -> None:
-        """SIGKILL, as a crash: nothing is shut down cleanly."""
-        assert self.running, f"{self.name} is not running"
-        self.proc.kill()
-        self.proc.wait(timeout=STOP_TIMEOUT)
+    def prepare(self) -> None:
+        """Migrates the database and seeds the demo tokens (`admin-token`, `viewer-token`)."""
+        prepare_database(self.env, timeout=COMMAND_TIMEOUT)
 
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL if it has not exited in time."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=STOP_TIMEOUT)
-        if self in _live:
-            _live.remove(self)
+    async def manage_async(self, *args: str, timeout: float = COMMAND_TIMEOUT) -> tuple[int, str, str]:
+        """Runs a command without blocking the event loop: (returncode, stdout, stderr)."""
+        return await manage_async(self.env, *args, timeout=timeout)
 
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return "(no log)"
+    async def spawn(self, *args: str) -> asyncio.subprocess.Process:
+        """Starts a long-running command; the caller stops it."""
+        return await manage_spawn(self.env, *args)
 
 
-class Server(Process):
-    @property
-    def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+def live_server(workdir: Path, template: Path | None = None, **extra_env: str) -> LiveServer:
+    """A started server. With `template` (a directory that a prepared
+    server used), its database is copied instead of migrated again."""
+    server = LiveServer(workdir, **extra_env)
+    if template is None:
+        server.prepare()
+    else:
+        for suffix in ("", "-wal", "-shm"):
+            source = template / f"db.sqlite3{suffix}"
+            if source.exists():
+                shutil.copyfile(source, workdir / source.name)
+    server.start()
+    return server
 
-    @property
-    def ws(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws/"
+
+def prepared_database(workdir: Path) -> Path:
+    """A directory holding a migrated and seeded database, for `template`."""
+    LiveServer(workdir).prepare()
+    return workdir
 
 
-def server_env(database_url: str, redis_url: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        DJANGO_SETTINGS_MODULE="dashboard_project.settings",
-        DATABASE_URL=database_url,
-        REDIS_URL=redis_url,
-        DJANGO_DEBUG="1",
+@pytest.fixture(scope="session")
+def template_database(tmp_path_factory) -> Path:
+    """One migrated, seeded database per test run, copied by each server
+    (import this fixture into the test module that uses it)."""
+    return prepared_database(tmp_path_factory.mktemp("template"))
+
+
+def redis_url_if_reachable() -> str | None:
+    """The machine's Redis (db 0 is irrelevant: pub/sub spans databases), or None."""
+    return MACHINE_REDIS_URL if redis_reachable(MACHINE_REDIS_URL) else None
+
+
+# --- several servers on PostgreSQL and Redis ---------------------------------------------
+
+
+def cluster_env(database_url: str, redis_url: str) -> dict[str, str]:
+    """The environment of a cluster's servers and commands: the Redis pub/sub layer."""
+    return server_env(
+        database_url, redis_url,
         DASHBOARD_REDIS_LAYER="pubsub",
         # One cluster per database: other runs on the same Redis stay apart.
         DASHBOARD_CHANNEL_PREFIX="test-" + database_url.rsplit("/", 1)[-1],
         DASHBOARD_LAYER_PROBE_SECONDS=str(LAYER_PROBE_SECONDS),
         # No heartbeat pings during a test: every frame a client sees is asserted.
         DASHBOARD_HEARTBEAT_SECONDS="3600",
-        PYTHONUNBUFFERED="1",
     )
-    return env
 
 
 def make_server(name: str, env: dict[str, str], log_dir: Path, port: int | None = None) -> Server:
     port = port or free_port()
-    argv = [
-        sys.executable, "-m", "uvicorn", "dashboard_project.asgi:application",
-        "--host", "127.0.0.1", "--port", str(port),
-        "--ws-per-message-deflate", "false", "--log-level", "warning",
-    ]
-    return Server(name, argv, env, log_dir / f"server-{name}-{port}.log", port)
+    return Server(name, uvicorn_argv(port), env, log_dir / f"server-{name}-{port}.log", port,
+                  start_timeout=START_TIMEOUT, stop_timeout=STOP_TIMEOUT)
 
 
 async def manage(env: dict[str, str], *args: str, extra_env: dict[str, str] | None = None) -> str:
     """Runs `manage.py <args>` as its own process; returns its output, fails on error."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "manage.py", *args, cwd=PROJECT_DIR, env={**env, **(extra_env or {})},
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
-    try:
-        output, _ = await asyncio.wait_for(proc.communicate(), timeout=60)
-    except asyncio.TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise AssertionError(f"manage.py {' '.join(args)} did not finish within 60 s")
-    text = output.decode(errors="replace")
-    assert proc.returncode == 0, f"manage.py {' '.join(args)} exited with {proc.returncode}:\n{text}"
-    return text
+    code, output, _ = await manage_async({**env, **(extra_env or {})}, *args, timeout=COMMAND_TIMEOUT,
+                                         merge_stderr=True)
+    assert code == 0, f"manage.py {' '.join(args)} exited with {code}:\n{output}"
+    return output
 
 
-# --- services ----------------------------------------------------------------------
-
-
-def postgres_urls(name: str) -> tuple[str, str]:
-    """(URL of the `postgres` maintenance database, URL of database `name`)."""
-    parts = urlsplit(POSTGRES_URL)
-    admin = urlunsplit(parts._replace(scheme="postgresql", path="/postgres"))
-    return admin, urlunsplit(parts._replace(scheme="postgres", path=f"/{name}"))
-
-
-def psql(url: str):
-    import psycopg
-
-    # Bounded: a statement waiting on a lock fails instead of hanging the suite.
-    return psycopg.connect(
-        url.replace("postgres://", "postgresql://", 1), autocommit=True, connect_timeout=3,
-        options="-c statement_timeout=10000",
-    )
+# Bounded: a statement waiting on a lock fails instead of hanging the suite.
+psql = partial(postgres_connect, connect_timeout=3, statement_timeout_ms=10000)
 
 
 class Database:
     def __init__(self, name: str) -> None:
         self.name = name
-        self.admin_url, self.url = postgres_urls(name)
+        self.admin_url = database_url("postgres", POSTGRES_URL)
+        self.url = database_url(name, POSTGRES_URL)
 
     def query(self, sql: str, params: tuple = ()) -> list[tuple]:
         with psql(self.url) as conn:
@@ -216,88 +191,28 @@ class Database:
 
 @pytest.fixture(scope="module")
 def database(tmp_path_factory):
-    """A fresh PostgreSQL database, migrated; dropped at the end."""
+    """A fresh PostgreSQL database, migrated and seeded; dropped at the end."""
     try:
         import psycopg  # noqa: F401
     except ImportError:
         unavailable("psycopg is not installed")
     db = Database(f"mp_{secrets.token_hex(6)}")
     try:
-        with psql(db.admin_url) as conn:
-            conn.execute(f'CREATE DATABASE "{db.name}"')
+        create_database(db.admin_url, db.name)
     except Exception as error:
         unavailable(f"PostgreSQL not reachable at {db.admin_url}: {error}")
     try:
-        env = server_env(db.url, "")
-        result = subprocess.run(
-            [sys.executable, "manage.py", "migrate", "--no-input", "-v0"], cwd=PROJECT_DIR, env=env,
-            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120,
-        )
-        assert result.returncode == 0, f"migrate failed:\n{result.stdout}{result.stderr}"
-        # Where the demo tokens are stored rather than built in, store them.
-        commands = subprocess.run(
-            [sys.executable, "manage.py", "help", "--commands"], cwd=PROJECT_DIR, env=env,
-            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
-        )
-        assert commands.returncode == 0, commands.stderr
-        if "seed_demo" in commands.stdout.split():
-            result = subprocess.run(
-                [sys.executable, "manage.py", "seed_demo"], cwd=PROJECT_DIR, env=env,
-                stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
-            )
-            assert result.returncode == 0, f"seed_demo failed:\n{result.stdout}{result.stderr}"
+        prepare_database(cluster_env(db.url, ""), timeout=120)
         yield db
     finally:
-        with psql(db.admin_url) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{db.name}" WITH (FORCE)')
-
-
-class RedisServer(Process):
-    """A redis-server of our own: no persistence, so a restart starts empty."""
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def shutdown(self) -> None:
-        """SHUTDOWN NOSAVE, and wait for the process to exit."""
-        import redis
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-
-        # No retries: the command succeeds by closing the connection.
-        client = redis.Redis(
-            host="127.0.0.1", port=self.port, socket_connect_timeout=1, socket_timeout=2, retry=Retry(NoBackoff(), 0)
-        )
-        try:
-            client.shutdown(nosave=True)
-        except redis.ConnectionError:
-            pass  # the server closes the connection as it exits
-        finally:
-            client.close()
-        self.proc.wait(timeout=STOP_TIMEOUT)
-
-
-def redis_reachable(host: str, port: int) -> bool:
-    import redis
-
-    try:
-        client = redis.Redis(host=host, port=port, socket_connect_timeout=1, socket_timeout=1)
-        try:
-            return bool(client.ping())
-        finally:
-            client.close()
-    except Exception:
-        return False
+        drop_database(db.admin_url, db.name)
 
 
 def make_redis_server(log_dir: Path, port: int | None = None) -> RedisServer:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        unavailable("redis-server is not installed")
-    port = port or free_port()
-    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    return RedisServer("redis", argv, dict(os.environ), log_dir / f"redis-{port}.log", port)
+    try:
+        return _make_redis_server(log_dir, port, start_timeout=START_TIMEOUT, stop_timeout=STOP_TIMEOUT)
+    except ServerError as error:
+        unavailable(str(error))
 
 
 @pytest.fixture(scope="module")
@@ -306,9 +221,8 @@ def redis_url(tmp_path_factory):
     channels are shared across numbers anyway, and the hubs read the
     database, so other users of that Redis cannot change what we see);
     otherwise a redis-server of our own."""
-    host, port = MACHINE_REDIS.hostname or "127.0.0.1", MACHINE_REDIS.port or 6379
-    if redis_reachable(host, port):
-        yield urlunsplit(MACHINE_REDIS._replace(path=f"/{secrets.randbelow(15) + 1}"))
+    if redis_reachable(MACHINE_REDIS_URL):
+        yield urlunsplit(urlsplit(MACHINE_REDIS_URL)._replace(path=f"/{secrets.randbelow(15) + 1}"))
         return
     server = make_redis_server(tmp_path_factory.mktemp("redis"))
     server.start()
@@ -322,7 +236,7 @@ class Cluster:
     def __init__(self, database: Database, redis_url: str, log_dir: Path, names: tuple[str, str] = ("A", "B")) -> None:
         self.database = database
         self.redis_url = redis_url
-        self.env = server_env(database.url, redis_url)
+        self.env = cluster_env(database.url, redis_url)
         self.a = make_server(names[0], self.env, log_dir)
         self.b = make_server(names[1], self.env, log_dir)
 
@@ -482,7 +396,7 @@ async def ws_connect():
 def pytest_runtest_makereport(item, call):
     """Attaches the log of every live server process to a failing test's report."""
     report = yield
-    if report.failed and _live:
-        for process in _live:
+    if report.failed and LIVE:
+        for process in LIVE:
             report.sections.append((f"log of {process.name} (port {process.port})", process.log()))
     return report

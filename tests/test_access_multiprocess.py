@@ -8,9 +8,7 @@ import re
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-# Before the import, so the helpers' asserts are rewritten (as in test_multiprocess).
-pytest.register_assert_rewrite("tests.servers")
-from tests.servers import TIMEOUT, Client, manage  # noqa: E402
+from tests.servers import TIMEOUT, Client, manage
 
 pytest_plugins = ["tests.servers"]
 

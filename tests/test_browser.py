@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from tests.liveserver import CHROMIUM, LiveServer, ProtocolClient, free_port, launch_chromium
+from tests.browser import CHROMIUM, ProtocolClient, launch_chromium
+from tests.servers import LiveServer, free_port, unavailable
 
 # One event loop for the module, so that one Playwright driver and one
 # browser serve every test (each page still gets a fresh browser context).
@@ -29,12 +30,6 @@ pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
 WALL = {"width": 1280, "height": 720}
 PHONE = {"width": 390, "height": 844}
 HEARTBEAT_SECONDS = 1
-
-
-def unavailable(reason: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (required under CI=true)", pytrace=False)
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +44,7 @@ def server(tmp_path_factory):
         import playwright.async_api  # noqa: F401
     except ImportError:
         unavailable("playwright is not installed: pip install -r requirements-dev.txt")
-    server = LiveServer(tmp_path_factory.mktemp("browser"), heartbeat_seconds=HEARTBEAT_SECONDS)
+    server = LiveServer(tmp_path_factory.mktemp("browser"), DASHBOARD_HEARTBEAT_SECONDS=str(HEARTBEAT_SECONDS))
     server.prepare()
     server.start()
     yield server

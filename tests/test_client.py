@@ -21,7 +21,7 @@ from realtime.client import (
     SessionRevoked,
 )
 
-from .server_process import live_server, template_database  # noqa: F401  (a fixture)
+from .servers import live_server, template_database  # noqa: F401  (a fixture)
 
 TIMEOUT = 10.0
 
@@ -181,7 +181,7 @@ async def test_errors_raise_one_type_with_code_message_and_details(server, open_
 
 
 async def test_unreachable_server_raises_connection_lost(open_client):
-    from .server_process import free_port
+    from .servers import free_port
 
     with pytest.raises(ConnectionLost):
         await open_client(f"ws://127.0.0.1:{free_port()}/ws/")

@@ -21,7 +21,7 @@ from metrics.schema import BUCKETS
 from realtime.client import Backoff, DashboardClient
 from realtime.collector import HostSampler, as_operations, host_label
 
-from .server_process import live_server, redis_url_if_reachable, template_database  # noqa: F401  (a fixture)
+from .servers import live_server, redis_url_if_reachable, template_database  # noqa: F401  (a fixture)
 
 TIMEOUT = 10.0
 HOST_METRICS = {

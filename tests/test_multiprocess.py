@@ -20,11 +20,7 @@ import urllib.request
 import pytest
 from websockets.exceptions import ConnectionClosedError, InvalidHandshake
 
-# The helpers' asserts explain themselves too (when this module imports them first).
-if "tests.servers" not in sys.modules:
-    pytest.register_assert_rewrite("tests.servers")
-
-from tests.servers import (  # noqa: E402
+from tests.servers import (
     PROJECT_DIR,
     START_TIMEOUT,
     LAYER_PROBE_SECONDS,

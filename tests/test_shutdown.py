@@ -9,7 +9,7 @@ import time
 import pytest
 import websockets
 
-from tests.server_process import LiveServer
+from tests.servers import LiveServer
 
 pytestmark = pytest.mark.multiprocess
 

@@ -8,7 +8,7 @@ import json
 import pytest
 import websockets
 
-from tests.server_process import LiveServer
+from tests.servers import LiveServer
 
 pytestmark = pytest.mark.multiprocess
 

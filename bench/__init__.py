@@ -1,0 +1,1 @@
+"""Benchmarks that print figures; `servers.py` also starts the server processes of the tests (tests/servers.py)."""
