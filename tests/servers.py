@@ -400,3 +400,27 @@ def pytest_runtest_makereport(item, call):
         for process in LIVE:
             report.sections.append((f"log of {process.name} (port {process.port})", process.log()))
     return report
+
+
+@pytest.fixture
+async def open_client():
+    """Opens protocol clients (realtime.client) with quick reconnects; always
+    closes them."""
+    from realtime.client import Backoff, DashboardClient
+
+    opened: list[DashboardClient] = []
+
+    async def open_(url: str, token: str | None = "admin-token", **options: Any) -> DashboardClient:
+        options.setdefault("backoff", Backoff(initial=0.05, maximum=0.5))
+        options.setdefault("request_timeout", CLIENT_TIMEOUT)
+        client = DashboardClient(url, token, **options)
+        await client.connect()
+        opened.append(client)
+        return client
+
+    yield open_
+    for client in opened:
+        await asyncio.wait_for(client.close(), CLIENT_TIMEOUT)
+
+
+CLIENT_TIMEOUT = 10.0

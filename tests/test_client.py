@@ -16,12 +16,11 @@ from websockets.asyncio.server import serve
 from realtime.client import (
     Backoff,
     ConnectionLost,
-    DashboardClient,
     DashboardError,
     SessionRevoked,
 )
 
-from .servers import live_server, template_database  # noqa: F401  (a fixture)
+from .servers import live_server, open_client, template_database  # noqa: F401  (fixtures)
 
 TIMEOUT = 10.0
 
@@ -46,24 +45,6 @@ def own_server(tmp_path, template_database):
     yield process
     if process.running:
         process.kill()  # nothing to keep: a clean shutdown would only cost time
-
-
-@pytest.fixture
-async def open_client():
-    """Opens clients with quick reconnects; always closes them."""
-    opened: list[DashboardClient] = []
-
-    async def open_(url: str, token: str | None = "admin-token", **options: Any) -> DashboardClient:
-        options.setdefault("backoff", Backoff(initial=0.05, maximum=0.5))
-        options.setdefault("request_timeout", TIMEOUT)
-        client = DashboardClient(url, token, **options)
-        await client.connect()
-        opened.append(client)
-        return client
-
-    yield open_
-    for client in opened:
-        await asyncio.wait_for(client.close(), TIMEOUT)
 
 
 async def eventually(condition, timeout: float = TIMEOUT) -> None:

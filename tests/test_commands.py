@@ -18,10 +18,9 @@ from metrics import services
 from metrics.changes import records_changed
 from metrics.durations import format_duration, parse_duration
 from metrics.schema import BUCKETS
-from realtime.client import Backoff, DashboardClient
 from realtime.collector import HostSampler, as_operations, host_label
 
-from .servers import live_server, redis_url_if_reachable, template_database  # noqa: F401  (a fixture)
+from .servers import live_server, open_client, redis_url_if_reachable, template_database  # noqa: F401  (fixtures)
 
 TIMEOUT = 10.0
 HOST_METRICS = {
@@ -36,21 +35,6 @@ def server(tmp_path_factory, template_database):
     process = live_server(tmp_path_factory.mktemp("commands"), template_database)
     yield process
     process.stop()
-
-
-@pytest.fixture
-async def open_client():
-    opened: list[DashboardClient] = []
-
-    async def open_(url: str, token: str = "admin-token") -> DashboardClient:
-        client = DashboardClient(url, token, backoff=Backoff(initial=0.05, maximum=0.5), request_timeout=TIMEOUT)
-        await client.connect()
-        opened.append(client)
-        return client
-
-    yield open_
-    for client in opened:
-        await asyncio.wait_for(client.close(), TIMEOUT)
 
 
 @pytest.fixture
