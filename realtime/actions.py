@@ -41,7 +41,6 @@ class Context:
 Handler = Callable[[Context], Awaitable[Any]]
 
 
-
 def db(function: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
     return database_sync_to_async(function)
 

@@ -42,6 +42,7 @@ class TokenExpired(ProtocolError):
 
 TokenValidator = Callable[[str], "Session | None"]
 
+
 @lru_cache(maxsize=None)
 def _validator(path: str) -> TokenValidator:
     return import_string(path)

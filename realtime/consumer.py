@@ -13,7 +13,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from . import frames, shutdown
-from .actions import ACTIONS, BATCHED, Context, Encoded
+from .actions import ACTIONS, BATCHED, Context, Encoded, client_address
 from .auth import Session
 from .errors import (
     CLOSE_GOING_AWAY,
@@ -321,11 +321,6 @@ class DashboardConsumer(AsyncWebsocketConsumer):
 SESSIONLESS = frozenset({"ping"})
 
 RESOURCE_FIELDS = {"store.subscribe": "query", "store.unsubscribe": "subscriptionId"}
-
-
-def client_address(scope: dict[str, Any]) -> str:
-    client = scope.get("client")
-    return str(client[0]) if client else "unknown"
 
 
 def resource_of(operation: str, body: dict[str, Any]) -> str:
