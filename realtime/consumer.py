@@ -311,9 +311,15 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         self.outbox.reply(frame)
 
     def deliver_push(self, subscription: Subscription, frame: str) -> None:
-        """Called by the hub; never awaits, so fan-out never waits on a client."""
-        if self.closed or not self.may_receive(subscription):
+        """Called by the hub for every push; never awaits, so fan-out never
+        waits on a client. The common case (same session as last time, no
+        expiry) is checked inline: this runs once per viewer per change."""
+        if self.closed:
             return
+        session = self.session
+        if session is None or session is not subscription.allowed_for or session.expires_at is not None:
+            if not self.may_receive(subscription):
+                return
         self.outbox.push(subscription.subscription_id, frame)
 
 

@@ -101,7 +101,7 @@ def _in_other_thread(loop: asyncio.AbstractEventLoop) -> bool:
 
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Subscription:
     consumer: "DashboardConsumer"
     subscription_id: str
@@ -387,7 +387,9 @@ class Hub:
                 # Subscriptions that hold the previous round's string (most of
                 # them) share one comparison; newer ones compare their own.
                 changed_since_previous = previous is None or previous != result
-                for subscription in list(live.subscriptions.values()):
+                # Delivery never changes the subscriptions synchronously (a
+                # close is scheduled), so the dict is iterated as it is.
+                for subscription in live.subscriptions.values():
                     if subscription.last_json is previous:
                         changed = changed_since_previous
                     else:

@@ -79,6 +79,11 @@ class Outbox:
             self._grew(len(frame))
 
     def push(self, key: str, frame: str) -> None:
+        if self._drain is None and not self._queue:
+            # Nothing waits (so no older push for this key either): send now.
+            if not self.closed:
+                self._send_now(frame)
+            return
         if self.closed:
             return
         slot = self._pushes.get(key)
@@ -86,8 +91,6 @@ class Outbox:
             # Not sent yet: only the newest result matters.
             self._grew(len(frame) - len(slot.frame))
             slot.frame = frame
-        elif self._drain is None and not self._queue:
-            self._send_now(frame)
         else:
             slot = self._pushes[key] = PushSlot(key, frame)
             self._queue.append(slot)
