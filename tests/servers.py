@@ -403,9 +403,9 @@ def pytest_runtest_makereport(item, call):
 
 
 @pytest.fixture
-async def open_client():
-    """Opens protocol clients (realtime.client) with quick reconnects; always
-    closes them."""
+async def open_dashboard_client():
+    """Opens realtime.client.DashboardClient instances with quick reconnects;
+    always closes them."""
     from realtime.client import Backoff, DashboardClient
 
     opened: list[DashboardClient] = []

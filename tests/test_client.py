@@ -20,7 +20,7 @@ from realtime.client import (
     SessionRevoked,
 )
 
-from .servers import live_server, open_client, template_database  # noqa: F401  (fixtures)
+from .servers import live_server, open_dashboard_client, template_database  # noqa: F401  (fixtures)
 
 TIMEOUT = 10.0
 
@@ -57,8 +57,8 @@ async def eventually(condition, timeout: float = TIMEOUT) -> None:
 # --- operations ----------------------------------------------------------------------
 
 
-async def test_connect_waits_for_welcome_and_logs_in(server, open_client):
-    c = await open_client(server.url)
+async def test_connect_waits_for_welcome_and_logs_in(server, open_dashboard_client):
+    c = await open_dashboard_client(server.url)
     assert set(c.welcome) == {"type", "version", "serverTime", "requiresAuth"}
     assert (c.welcome["type"], c.welcome["version"], c.welcome["requiresAuth"]) == ("welcome", "1.0.0", True)
     assert c.session == {"userId": "admin-1", "roles": ["admin"], "expiresAt": None}
@@ -72,8 +72,8 @@ async def test_connect_waits_for_welcome_and_logs_in(server, open_client):
     assert c.token == "viewer-token"
 
 
-async def test_every_store_operation(server, open_client):
-    c = await open_client(server.url)
+async def test_every_store_operation(server, open_dashboard_client):
+    c = await open_dashboard_client(server.url)
     assert await c.clear("metrics") == {"cleared": True}
     a = await c.insert("metrics", metric("cpu", 10, timestamp=1))
     b = await c.insert("metrics", metric("cpu", 30, timestamp=2))
@@ -130,13 +130,13 @@ async def test_every_store_operation(server, open_client):
     assert await c.count("metrics") == 0
 
 
-async def test_errors_raise_one_type_with_code_message_and_details(server, open_client):
-    viewer = await open_client(server.url, "viewer-token")
+async def test_errors_raise_one_type_with_code_message_and_details(server, open_dashboard_client):
+    viewer = await open_dashboard_client(server.url, "viewer-token")
     with pytest.raises(DashboardError) as raised:
         await viewer.insert("metrics", metric("cpu"))
     assert (raised.value.code, raised.value.message) == ("FORBIDDEN", "No permission for store.insert on metrics")
 
-    admin = await open_client(server.url)
+    admin = await open_dashboard_client(server.url)
     with pytest.raises(DashboardError) as raised:
         await admin.insert("metrics", {"name": "cpu", "value": "high", "timestamp": 1})
     assert raised.value.code == "VALIDATION_ERROR"
@@ -157,23 +157,23 @@ async def test_errors_raise_one_type_with_code_message_and_details(server, open_
     assert (await admin.whoami())["authenticated"] is True
 
     with pytest.raises(DashboardError) as raised:
-        await open_client(server.url, "not-a-token")
+        await open_dashboard_client(server.url, "not-a-token")
     assert (raised.value.code, raised.value.message) == ("UNAUTHORIZED", "Invalid token")
 
 
-async def test_unreachable_server_raises_connection_lost(open_client):
+async def test_unreachable_server_raises_connection_lost(open_dashboard_client):
     from .servers import free_port
 
     with pytest.raises(ConnectionLost):
-        await open_client(f"ws://127.0.0.1:{free_port()}/ws/")
+        await open_dashboard_client(f"ws://127.0.0.1:{free_port()}/ws/")
 
 
 # --- subscriptions ---------------------------------------------------------------------
 
 
-async def test_subscription_calls_back_with_initial_data_and_each_push(server, open_client):
-    writer = await open_client(server.url)
-    viewer = await open_client(server.url, "viewer-token")
+async def test_subscription_calls_back_with_initial_data_and_each_push(server, open_dashboard_client):
+    writer = await open_dashboard_client(server.url)
+    viewer = await open_dashboard_client(server.url, "viewer-token")
     got: list[Any] = []
     sub = await viewer.subscribe("metrics-by-name", {"name": "sub-test"}, got.append)
     assert got == [[]] and sub.initial and sub.id.startswith("sub-") and sub.active
@@ -206,8 +206,8 @@ async def test_subscription_calls_back_with_initial_data_and_each_push(server, o
     assert raised.value.code == "ENDED"
 
 
-async def test_server_pings_are_answered(server, open_client):
-    c = await open_client(server.url)
+async def test_server_pings_are_answered(server, open_dashboard_client):
+    c = await open_dashboard_client(server.url)
     # The server pings every 0.5 s and closes with 4001 when a ping goes
     # unanswered by the next one: four pings on one connection mean pongs.
     await eventually(lambda: c.pings_answered >= 4)
@@ -218,8 +218,8 @@ async def test_server_pings_are_answered(server, open_client):
 # --- reconnecting ------------------------------------------------------------------------
 
 
-async def test_subscription_survives_server_restart(own_server, open_client):
-    c = await open_client(own_server.url)
+async def test_subscription_survives_server_restart(own_server, open_dashboard_client):
+    c = await open_dashboard_client(own_server.url)
     other = await c.subscribe("metric-count")
     got: list[Any] = []
     sub = await c.subscribe("metrics-by-name", {"name": "cpu"}, got.append)
@@ -244,8 +244,8 @@ async def test_subscription_survives_server_restart(own_server, open_client):
     assert (await c.stats())["queries"]["activeSubscriptions"] == 1
 
 
-async def test_write_in_flight_during_a_drop_raises_and_read_is_sent_again(own_server, open_client):
-    c = await open_client(own_server.url)
+async def test_write_in_flight_during_a_drop_raises_and_read_is_sent_again(own_server, open_dashboard_client):
+    c = await open_dashboard_client(own_server.url)
     before = await c.count("metrics")
     # Paused, the server reads nothing: both requests stay in flight.
     own_server.pause()
@@ -266,8 +266,8 @@ async def test_write_in_flight_during_a_drop_raises_and_read_is_sent_again(own_s
     assert c.connections == 2
 
 
-async def test_writes_while_disconnected_wait_for_the_reconnect(own_server, open_client):
-    c = await open_client(own_server.url)
+async def test_writes_while_disconnected_wait_for_the_reconnect(own_server, open_dashboard_client):
+    c = await open_dashboard_client(own_server.url)
     own_server.kill()
     await eventually(lambda: not c.connected)
     write = asyncio.create_task(c.insert("metrics", metric("queued")))
@@ -276,8 +276,8 @@ async def test_writes_while_disconnected_wait_for_the_reconnect(own_server, open
     assert await c.get("metrics", record["id"]) == record
 
 
-async def test_no_reconnect_when_disabled(own_server, open_client):
-    c = await open_client(own_server.url, reconnect=False)
+async def test_no_reconnect_when_disabled(own_server, open_dashboard_client):
+    c = await open_dashboard_client(own_server.url, reconnect=False)
     own_server.kill()
     with pytest.raises(ConnectionLost):
         await asyncio.wait_for(c.wait_closed(), TIMEOUT)
@@ -345,7 +345,7 @@ async def scripted():
         await server.wait_closed()
 
 
-async def test_session_revoked_stops_the_client(scripted, open_client):
+async def test_session_revoked_stops_the_client(scripted, open_dashboard_client):
     async def script(n, ws, frame):
         if frame["type"] == "store.count":
             await ws.send(json.dumps({"type": "system", "event": "session_revoked", "reason": "token revoked"}))
@@ -354,7 +354,7 @@ async def test_session_revoked_stops_the_client(scripted, open_client):
         return False
 
     fake, url = await scripted(script)
-    c = await open_client(url)
+    c = await open_dashboard_client(url)
     sub = await c.subscribe("metric-count")
     with pytest.raises(SessionRevoked) as raised:
         await c.count("metrics")
@@ -366,20 +366,20 @@ async def test_session_revoked_stops_the_client(scripted, open_client):
     assert fake.connections == 1 and not sub.active and isinstance(sub.error, SessionRevoked)
 
 
-async def test_ping_is_answered_with_its_timestamp(scripted, open_client):
+async def test_ping_is_answered_with_its_timestamp(scripted, open_dashboard_client):
     async def script(n, ws, frame):
         if frame["type"] == "auth.whoami":
             await ws.send(json.dumps({"type": "ping", "timestamp": 1234.5}))
         return False
 
     fake, url = await scripted(script)
-    c = await open_client(url)
+    c = await open_dashboard_client(url)
     await c.whoami()
     await eventually(lambda: (1, {"type": "pong", "timestamp": 1234.5}) in fake.received)
     assert c.pings_answered == 1
 
 
-async def test_shutdown_notice_then_reconnect_and_resubscribe(scripted, open_client):
+async def test_shutdown_notice_then_reconnect_and_resubscribe(scripted, open_dashboard_client):
     async def script(n, ws, frame):
         if n == 1 and frame["type"] == "auth.whoami":
             await ws.send(json.dumps({"type": "system", "event": "shutdown", "gracePeriodMs": 100}))
@@ -394,7 +394,7 @@ async def test_shutdown_notice_then_reconnect_and_resubscribe(scripted, open_cli
         return False
 
     fake, url = await scripted(script)
-    c = await open_client(url)
+    c = await open_dashboard_client(url)
     got: list[Any] = []
     sub = await c.subscribe("metric-count", None, got.append)
     # whoami is a read: in flight during the shutdown, it is sent again.
@@ -404,7 +404,7 @@ async def test_shutdown_notice_then_reconnect_and_resubscribe(scripted, open_cli
     assert [f["type"] for n, f in fake.received if n == 2] == ["auth.login", "store.subscribe", "auth.whoami"]
 
 
-async def test_login_refused_after_reconnect_stops_the_client(scripted, open_client):
+async def test_login_refused_after_reconnect_stops_the_client(scripted, open_dashboard_client):
     async def script(n, ws, frame):
         if n == 1 and frame["type"] == "store.count":
             await ws.close(1011, "crash")
@@ -416,7 +416,7 @@ async def test_login_refused_after_reconnect_stops_the_client(scripted, open_cli
         return False
 
     fake, url = await scripted(script)
-    c = await open_client(url)
+    c = await open_dashboard_client(url)
     sub = await c.subscribe("metric-count")
     with pytest.raises(DashboardError) as raised:
         await c.count("metrics")

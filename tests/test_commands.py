@@ -20,7 +20,7 @@ from metrics.durations import format_duration, parse_duration
 from metrics.schema import BUCKETS
 from realtime.collector import HostSampler, as_operations, host_label
 
-from .servers import live_server, open_client, redis_url_if_reachable, template_database  # noqa: F401  (fixtures)
+from .servers import live_server, open_dashboard_client, redis_url_if_reachable, template_database  # noqa: F401  (fixtures)
 
 TIMEOUT = 10.0
 HOST_METRICS = {
@@ -62,9 +62,9 @@ async def finish(proc: asyncio.subprocess.Process) -> tuple[str, str]:
 # --- collect_host_metrics -----------------------------------------------------------------
 
 
-async def test_collect_host_metrics_once_inserts_one_transaction(server, open_client):
-    viewer = await open_client(server.url, "viewer-token")
-    admin = await open_client(server.url)
+async def test_collect_host_metrics_once_inserts_one_transaction(server, open_dashboard_client):
+    viewer = await open_dashboard_client(server.url, "viewer-token")
+    admin = await open_dashboard_client(server.url)
     await admin.clear("metrics")
     counts: list[int] = []
     await viewer.subscribe("metric-count", None, counts.append)
@@ -93,8 +93,8 @@ async def test_collect_host_metrics_once_inserts_one_transaction(server, open_cl
     assert counts == [0, len(HOST_METRICS)]
 
 
-async def test_collect_host_metrics_stops_cleanly_on_ctrl_c(server, open_client, processes):
-    admin = await open_client(server.url)
+async def test_collect_host_metrics_stops_cleanly_on_ctrl_c(server, open_dashboard_client, processes):
+    admin = await open_dashboard_client(server.url)
     sub = await admin.subscribe("metrics-by-name", {"name": "host.cpu"})
     before = len(sub.data)
     proc = await server.spawn("collect_host_metrics", "--url", server.url, "--token", "admin-token",
@@ -157,8 +157,8 @@ def test_durations():
 # --- watch_query ------------------------------------------------------------------------
 
 
-async def test_watch_query_prints_each_push(server, open_client, processes):
-    admin = await open_client(server.url)
+async def test_watch_query_prints_each_push(server, open_dashboard_client, processes):
+    admin = await open_dashboard_client(server.url)
     proc = await server.spawn("watch_query", "metrics-by-name", "--params", '{"name": "watched"}',
                               "--url", server.url, "--token", "viewer-token", "--count", "2")
     processes.append(proc)
@@ -265,14 +265,14 @@ def redis_server(tmp_path, template_database):
     process.stop()
 
 
-async def test_prune_metrics_command_pushes_once(redis_server, open_client):
-    admin = await open_client(redis_server.url)
+async def test_prune_metrics_command_pushes_once(redis_server, open_dashboard_client):
+    admin = await open_dashboard_client(redis_server.url)
     now = int(time.time() * 1000)
     rows = [("cpu", 9), ("cpu", 8), ("cpu", 0), ("mem", 30), ("mem", 10)]
     records = await admin.transaction([
         {"op": "insert", "bucket": "metrics", "data": {"name": n, "value": 1, "timestamp": now - age * DAY_MS}}
         for n, age in rows])
-    viewer = await open_client(redis_server.url, "viewer-token")
+    viewer = await open_dashboard_client(redis_server.url, "viewer-token")
     counts: list[int] = []
     cpu: list[Any] = []
     await viewer.subscribe("metric-count", None, counts.append)
