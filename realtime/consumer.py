@@ -255,7 +255,8 @@ class DashboardConsumer(AsyncWebsocketConsumer):
             resource = resource_of(operation, request.body)
             if not is_allowed(session, operation, resource):
                 raise ProtocolError(FORBIDDEN, f"No permission for {operation} on {resource}")
-            retry_after = self.hub.request_limiter().retry_after_ms(session.user_id)
+            limiter = self.hub.request_limiter()
+            retry_after = limiter.retry_after_ms(session.user_id) if limiter is not None else 0
             if retry_after:
                 raise ProtocolError(
                     RATE_LIMITED, f"Rate limit exceeded. Retry after {retry_after}ms", {"retryAfterMs": retry_after}

@@ -257,9 +257,12 @@ class Hub:
             else:
                 del self.connections_per_address[address]
 
-    def request_limiter(self) -> RequestLimiter:
+    def request_limiter(self) -> RequestLimiter | None:
+        """The per-user request limiter, or None when the limit is off (0)."""
         rate = settings.DASHBOARD["REQUEST_RATE"]
         per = settings.DASHBOARD["REQUEST_RATE_WINDOW_SECONDS"]
+        if rate <= 0:
+            return None
         limiter = self._limiter
         if limiter is None or (limiter.rate, limiter.per) != (rate, per):
             limiter = self._limiter = RequestLimiter(rate, per)

@@ -49,6 +49,15 @@ async def test_requests_per_user_are_rate_limited(limits, connect):
     assert await client.ok("store.count", bucket="metrics") == 0
 
 
+async def test_request_rate_is_off_by_default(connect):
+    client = await connect("admin-token")
+    operations = [{"op": "count", "bucket": "metrics"}]
+    for request_id in range(100, 400):  # far past any small default
+        await client.send({"id": request_id, "type": "store.transaction", "operations": operations})
+    for request_id in range(100, 400):
+        assert (await client.reply_to(request_id))["type"] == "result"
+
+
 async def test_rate_limit_is_per_user(limits, connect):
     limits(REQUEST_RATE=1, REQUEST_RATE_WINDOW_SECONDS=60)
     viewer = await connect("viewer-token")
