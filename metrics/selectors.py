@@ -118,9 +118,11 @@ def record_first(*, bucket: BucketSchema, n: int) -> list[Record]:
     return _load_where(bucket, limit=n)
 
 
-def record_last(*, bucket: BucketSchema, n: int) -> list[Record]:
-    """The newest n records, oldest first."""
-    sql, params = _identity_sql(bucket, order="-seq", limit=n)
+def record_last(*, bucket: BucketSchema, n: int, filter: Any = None) -> list[Record]:
+    """The newest n records (matching `filter`), oldest first."""
+    sql, params = _identity_sql(bucket, filter, order="-seq", limit=n)
+    if sql is None:
+        return []
     newest = _fetch(sql, params)
     newest.reverse()
     return records.load(bucket, newest)

@@ -38,8 +38,8 @@ class BucketReader:
     def first(self, n: int) -> list:
         return selectors.record_first(bucket=self._bucket, n=n)
 
-    def last(self, n: int) -> list:
-        return selectors.record_last(bucket=self._bucket, n=n)
+    def last(self, n: int, filter: dict | None = None) -> list:
+        return selectors.record_last(bucket=self._bucket, n=n, filter=filter)
 
     def aggregate(self, op: str, field: str, filter: dict | None = None) -> Any:
         return selectors.record_aggregate(bucket=self._bucket, op=op, field=field, filter=filter)
@@ -114,6 +114,14 @@ def metric_count(store: QueryStore, params: dict[str, Any]) -> Any:
 @define_query("latest-metrics")
 def latest_metrics(store: QueryStore, params: dict[str, Any]) -> Any:
     return store.bucket("metrics").last(param_positive_int(params, "n"))
+
+
+@define_query("latest-metrics-by-name")
+def latest_metrics_by_name(store: QueryStore, params: dict[str, Any]) -> Any:
+    """The newest n readings of one name, oldest first: a chart's window
+    without sending the name's whole history on every push."""
+    name = param_string(params, "name")
+    return store.bucket("metrics").last(param_positive_int(params, "n"), {"name": name})
 
 
 @define_query("active-alerts")

@@ -91,3 +91,24 @@ async def test_subscription_pushes_the_new_summary_after_each_change(connect):
 
     await admin.ok("store.clear", bucket="metrics")
     assert (await viewer.push_for(sub))["data"] == []
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_latest_metrics_by_name_is_a_sliding_window(connect):
+    admin = await connect("admin-token")
+    viewer = await connect("viewer-token")
+    cpu = [await admin.ok("store.insert", bucket="metrics", data=metric("cpu", v)) for v in (1, 2, 3)]
+    await admin.ok("store.insert", bucket="metrics", data=metric("memory", 9))
+    reply = await viewer.ok("store.subscribe", query="latest-metrics-by-name", params={"name": "cpu", "n": 2})
+    assert reply["data"] == cpu[1:]  # the newest two, oldest first
+    await admin.ok("store.insert", bucket="metrics", data=metric("memory", 10))
+    assert await viewer.nothing()  # another name: the window is unchanged
+    newest = await admin.ok("store.insert", bucket="metrics", data=metric("cpu", 4))
+    assert await viewer.push() == {
+        "type": "push", "channel": "subscription", "subscriptionId": reply["subscriptionId"],
+        "data": [cpu[2], newest],
+    }
+    assert await viewer.request("store.subscribe", query="latest-metrics-by-name", params={"name": "cpu"}) == {
+        "id": 3, "type": "error", "code": "VALIDATION_ERROR",
+        "message": 'Missing or invalid "n": expected positive integer',
+    }

@@ -5,6 +5,7 @@
 import { ProtocolClient } from "./protocol.js";
 import {
   AlertsList,
+  CHART_WINDOW,
   Counter,
   LatestTable,
   MAX_TABLE_ROWS,
@@ -214,7 +215,10 @@ function startWidgets() {
       let entry = charts.get(name);
       if (!entry) {
         const chart = new MetricChart(name);
-        entry = { chart, subscription: client.subscribe("metrics-by-name", { name }, (records) => chart.set(records)) };
+        // Only the chart's window travels: a name's whole history would be
+        // sent again on every push.
+        const params = { name, n: CHART_WINDOW };
+        entry = { chart, subscription: client.subscribe("latest-metrics-by-name", params, (records) => chart.set(records)) };
         charts.set(name, entry);
       }
       if (entry.chart.node !== cursor) container.insertBefore(entry.chart.node, cursor);

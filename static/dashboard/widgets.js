@@ -298,7 +298,7 @@ const AXIS = {
 };
 
 /**
- * Value over time of one metric name (`metrics-by-name`): the newest
+ * Value over time of one metric name (`latest-metrics-by-name`): the newest
  * CHART_WINDOW readings, by timestamp, with the unit in the y-axis label.
  */
 export class MetricChart extends Widget {
