@@ -338,11 +338,11 @@ export class MetricChart extends Widget {
     this.area.setAttribute("aria-label", `${this.name} over time, ${label}, ${points.length} newest readings`);
     setText(
       this.summary,
-      newest ? `last ${formatNumber(newest.value)} ${unit} · ${formatCount(points.length)} of ${formatCount(records.length)} points` : "no readings",
+      newest ? `last ${formatNumber(newest.value)} ${unit} · ${formatCount(points.length)} newest points` : "no readings",
     );
     Object.assign(this.node.dataset, {
       points: String(points.length),
-      total: String(records.length),
+      received: String(records.length),
       last: newest ? String(newest.value) : "",
       unit,
       axisLabel: label,
