@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from django.db import models
 
@@ -205,9 +205,6 @@ def _validate(bucket: BucketSchema, data: dict[str, Any], *, partial: bool) -> d
     if issues:
         _raise_issues(bucket, issues)
     return columns
-
-
-Serializer = Callable[[models.Model], dict[str, Any]]
 
 
 def record_from_row(bucket: BucketSchema, row: dict[str, Any]) -> dict[str, Any]:

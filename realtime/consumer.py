@@ -6,11 +6,12 @@ import asyncio
 import collections
 import itertools
 import logging
-import time
 from typing import Any
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+
+from metrics.models import now_ms
 
 from . import frames, shutdown
 from .actions import ACTIONS, BATCHED, Context, Encoded, client_address
@@ -45,10 +46,6 @@ _subscription_ids = itertools.count(1)
 INBOX_LIMIT = 256
 # Pipelined requests of one kind answered in one database hop.
 MAX_BATCH = 64
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class DashboardConsumer(AsyncWebsocketConsumer):
