@@ -13,7 +13,7 @@ from django.conf import settings
 
 from metrics.models import now_ms
 
-from . import frames, shutdown
+from . import frames, shutdown, wire
 from .actions import ACTIONS, BATCHED, Context, Encoded, client_address
 from .auth import Session
 from .errors import (
@@ -85,7 +85,8 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         await self.hub.start()
         await self.accept()
         limits = settings.DASHBOARD
-        self.outbox = Outbox(self.base_send, limits["MAX_OUTBOX_BYTES"], self._outbox_overflow)
+        self.outbox = Outbox(self.base_send, limits["MAX_OUTBOX_BYTES"], self._outbox_overflow,
+                             wire.frame_writer(self.base_send))
         if shutdown.shutting_down:
             await self.close_with(CLOSE_GOING_AWAY, "server_shutting_down")
             return

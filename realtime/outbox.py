@@ -1,9 +1,11 @@
 """A connection's outgoing frames: replies in order, pushes coalesced.
 
-Frames go to the ASGI server's `send` at once when nothing is queued, without
-a task switch: a send that completes without suspending (daphne always, uvicorn
-while the socket is writable) costs one function call. A send that does
-suspend (a slow reader) is finished by a drain task, and everything after it
+Frames go out at once when nothing is queued: written to the socket directly
+under uvicorn while it is open and writable (realtime/wire.py), else handed
+to the ASGI server's `send` without a task switch: a send that completes
+without suspending (daphne always, uvicorn while the socket is writable)
+costs one function call. A send that does suspend (a slow reader) is
+finished by a drain task, and everything after it
 queues behind it. While a push for a subscription is still queued, a newer
 result replaces it, so a slow client holds at most one pending push per
 subscription and always gets the latest state.
@@ -54,8 +56,11 @@ class _Resume:
 
 
 class Outbox:
-    def __init__(self, send: Send, max_bytes: int, on_overflow: Callable[[], None]) -> None:
+    def __init__(self, send: Send, max_bytes: int, on_overflow: Callable[[], None],
+                 write: Callable[[str], bool] | None = None) -> None:
         self._send = send
+        # realtime/wire.py: writes a frame without the ASGI call when it can.
+        self._write = write
         self._queue: collections.deque[str | PushSlot] = collections.deque()
         self._pushes: dict[str, PushSlot] = {}
         self._drain: asyncio.Task | None = None
@@ -130,6 +135,9 @@ class Outbox:
         return self._drain is None and not self._queue
 
     def _send_now(self, frame: str) -> None:
+        write = self._write
+        if write is not None and write(frame):
+            return
         coroutine = self._send({"type": "websocket.send", "text": frame})
         try:
             waiting_on = coroutine.send(None)

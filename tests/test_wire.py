@@ -1,0 +1,187 @@
+"""Frames written straight to uvicorn's transport (realtime/wire.py): byte
+for byte what the WebSocket parser expects, used only when the connection is
+plain, open and writable, and the ASGI path otherwise."""
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+
+import pytest
+import uvicorn
+import websockets
+from channels.db import database_sync_to_async
+from django.db import connections
+from websockets.frames import Frame, Opcode
+from websockets.streams import StreamReader
+
+from dashboard_project.asgi import application
+from realtime import fanout, wire
+from realtime.outbox import Outbox
+from tests.conftest import metric
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def parse_server_frame(data: bytes) -> Frame:
+    """Parses one unmasked frame with the websockets library's own parser."""
+    reader = StreamReader()
+    reader.feed_data(data)
+    reader.feed_eof()
+    parser = Frame.parse(reader.read_exact, mask=False, max_size=None)
+    try:
+        next(parser)
+    except StopIteration as done:
+        return done.value
+    raise AssertionError("frame incomplete")
+
+
+@pytest.mark.parametrize("length", [0, 1, 125, 126, 127, 65535, 65536, 70_000, 2_000_000])
+def test_header_and_payload_parse_as_one_final_text_frame(length):
+    payload = (b"x" * length)
+    frame = parse_server_frame(wire.text_frame_header(length) + payload)
+    assert (frame.opcode, frame.fin, frame.rsv1, frame.rsv2, frame.rsv3) == (Opcode.TEXT, True, False, False, False)
+    assert frame.data == payload
+
+
+def test_no_writer_for_a_send_that_is_not_uvicorns():
+    async def send(message):
+        pass
+
+    assert wire.frame_writer(send) is None
+    assert wire.frame_writer(Outbox(send, 1000, lambda: None).reply) is None
+
+
+class InProcessServer:
+    """uvicorn serving the application on this test's event loop, so the test
+    can reach the server side of each connection."""
+
+    def __init__(self) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        config = uvicorn.Config(application, host="127.0.0.1", port=self.port, ws="websockets-sansio",
+                                lifespan="off", log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.task: asyncio.Task | None = None
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws/"
+
+    async def __aenter__(self) -> InProcessServer:
+        self.task = asyncio.create_task(self.server.serve())
+        while not self.server.started:
+            await asyncio.sleep(0.01)
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        self.server.should_exit = True
+        await asyncio.wait_for(self.task, 10)
+        for hub in list(fanout._hubs.values()):
+            await hub.stop()
+        await database_sync_to_async(connections.close_all)()
+
+
+async def open_client(url: str, token: str, **options) -> websockets.ClientConnection:
+    ws = await websockets.connect(url, max_size=None, ping_interval=None, **options)
+    assert json.loads(await ws.recv())["type"] == "welcome"
+    await ws.send(json.dumps({"id": 1, "type": "auth.login", "token": token}))
+    assert json.loads(await ws.recv())["type"] == "result"
+    return ws
+
+
+def server_side_outbox() -> Outbox:
+    (hub,) = fanout._hubs.values()
+    (consumer,) = [c for c in hub.connections if c.session is not None and "viewer" in c.session.roles]
+    return consumer.outbox
+
+
+async def test_pushes_and_replies_of_every_header_size_arrive_whole():
+    async with InProcessServer() as server:
+        admin = await open_client(server.url, "admin-token", compression=None)
+        viewer = await open_client(server.url, "viewer-token", compression=None)
+        outbox = server_side_outbox()
+        assert outbox._write is not None  # the direct path is on for a plain connection
+
+        await viewer.send(json.dumps({"id": 2, "type": "store.subscribe", "query": "all-metrics"}))
+        reply = json.loads(await viewer.recv())
+        assert reply == {"id": 2, "type": "result", "data": {"subscriptionId": reply["data"]["subscriptionId"], "data": []}}
+        subscription_id = reply["data"]["subscriptionId"]
+
+        # Results of about 60 B, 200 B, 40 KB and 90 KB: the 7-bit, 16-bit and
+        # 64-bit length headers, and both the joined and the separate write.
+        written: list[dict] = []
+        for count, unit_length in ((1, 1), (1, 100), (160, 200), (200, 400)):
+            rows = [metric(name=f"m{len(written) + i}", unit="u" * unit_length) for i in range(count)]
+            result = await admin_request(admin, "store.transaction",
+                                         operations=[{"op": "insert", "bucket": "metrics", "data": row} for row in rows])
+            written.extend(r["data"] for r in result["results"])
+            push = json.loads(await viewer.recv())
+            assert push == {"type": "push", "channel": "subscription", "subscriptionId": subscription_id, "data": sorted_like(push["data"], written)}
+        assert len(json.dumps(push)) > 65536
+
+        await viewer.send(json.dumps({"id": 3, "type": "store.all", "bucket": "metrics"}))
+        assert json.loads(await viewer.recv()) == {"id": 3, "type": "result", "data": sorted_like(push["data"], written)}
+        await admin.close()
+        await viewer.close()
+
+
+_request_ids = iter(range(100, 10_000))
+
+
+async def admin_request(ws: websockets.ClientConnection, type: str, **fields) -> dict:
+    request_id = next(_request_ids)
+    await ws.send(json.dumps({"id": request_id, "type": type, **fields}))
+    reply = json.loads(await ws.recv())
+    assert reply["id"] == request_id and reply["type"] == "result", reply
+    return reply["data"]
+
+
+def sorted_like(received: list[dict], written: list[dict]) -> list[dict]:
+    """`written` in the order the server listed it, after checking that both
+    hold the same records."""
+    by_id = {record["id"]: record for record in written}
+    assert sorted(by_id) == sorted(record["id"] for record in received)
+    return [by_id[record["id"]] for record in received]
+
+
+async def test_compressed_connections_go_through_asgi_send():
+    async with InProcessServer() as server:
+        viewer = await open_client(server.url, "viewer-token")  # offers permessage-deflate
+        outbox = server_side_outbox()
+        assert outbox._write is None
+        await viewer.send(json.dumps({"id": 2, "type": "store.count", "bucket": "metrics"}))
+        assert json.loads(await viewer.recv()) == {"id": 2, "type": "result", "data": 0}
+        await viewer.close()
+
+
+async def test_paused_or_closing_connections_decline_and_asgi_send_waits():
+    async with InProcessServer() as server:
+        admin = await open_client(server.url, "admin-token", compression=None)
+        viewer = await open_client(server.url, "viewer-token", compression=None)
+        outbox = server_side_outbox()
+        protocol = outbox._send.__self__
+        await viewer.send(json.dumps({"id": 2, "type": "store.subscribe", "query": "metric-count"}))
+        subscription_id = json.loads(await viewer.recv())["data"]["subscriptionId"]
+
+        # The transport says its buffer is full: the writer declines, the
+        # frame waits in uvicorn's send until the buffer drains.
+        protocol.pause_writing()
+        assert outbox._write("{}") is False
+        await admin_request(admin, "store.insert", bucket="metrics", data=metric())
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(viewer.recv(), 0.3)
+        assert len(outbox) == 0 and outbox._drain is not None  # held by the ASGI send, not dropped
+        protocol.resume_writing()
+        assert json.loads(await asyncio.wait_for(viewer.recv(), 5)) == {
+            "type": "push", "channel": "subscription", "subscriptionId": subscription_id, "data": 1}
+
+        # Once the client has closed, nothing is written directly any more.
+        await viewer.close()
+        for _ in range(100):
+            if protocol.disconnected:
+                break
+            await asyncio.sleep(0.01)
+        assert outbox._write("{}") is False
+        await admin.close()
