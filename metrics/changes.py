@@ -14,6 +14,8 @@ from django.db import connection, transaction
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import Signal
 
+from . import records
+
 # Sent with `changes`: {bucket name: sorted list of changed keys, or None when
 # the whole bucket changed (a clear, or too many keys to list)}.
 records_changed = Signal()
@@ -24,6 +26,8 @@ MAX_KEYS_PER_BUCKET = 100
 class ChangeSet:
     def __init__(self) -> None:
         self.buckets: dict[str, set[str] | None] = {}
+        # Records the services wrote, for the read cache once committed.
+        self.saved: list[tuple[str, int, Any]] = []
 
     def add(self, bucket: str, key: str | None) -> None:
         if key is None:
@@ -39,6 +43,10 @@ class ChangeSet:
         return {b: (None if keys is None else sorted(keys)) for b, keys in self.buckets.items()}
 
     def publish(self) -> None:
+        # Cached before anyone hears of the change, so the re-evaluation it
+        # triggers finds the new records instead of reading them back.
+        for bucket, seq, record in self.saved:
+            records.remember(bucket, seq, record)
         records_changed.send(sender=ChangeSet, changes=self.summary())
 
 
@@ -58,6 +66,17 @@ def note_change(bucket: str, key: str | None) -> None:
         connection._dashboard_changes = pending  # type: ignore[attr-defined]
         transaction.on_commit(pending.publish)
     pending.add(bucket, key)
+
+
+def note_saved(bucket: str, seq: int, record: Any) -> None:
+    """A service saved `record` (validated values, exactly as they read
+    back) as row `seq`, after `note_change` noted it. It is cached when the
+    transaction commits. Only rows of the outermost transaction qualify: a
+    savepoint rolled back alone would leave a seq that SQLite can hand to
+    another row with the same version."""
+    pending: ChangeSet | None = getattr(connection, "_dashboard_changes", None)
+    if connection.in_atomic_block and not connection.savepoint_ids and pending is not None:
+        pending.saved.append((bucket, seq, record))
 
 
 def _scheduled(pending: ChangeSet) -> bool:

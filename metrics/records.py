@@ -39,6 +39,13 @@ def clear_cache() -> None:
     _cache.clear()
 
 
+def remember(bucket: str, seq: int, record: Record) -> None:
+    """Caches a committed record its writer already holds (metrics.changes)."""
+    if len(_cache) >= MAX_CACHED_RECORDS:
+        _cache.clear()
+    _cache[(bucket, seq)] = record
+
+
 def load(bucket: BucketSchema, identities: list[tuple[int, int]]) -> list[Record]:
     """Records for (seq, version) pairs, in the same order, reading only the misses."""
     name = bucket.name

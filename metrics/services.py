@@ -9,7 +9,7 @@ from typing import Any, Callable
 from django.db import IntegrityError, connection, transaction
 
 from . import selectors
-from .changes import note_change
+from .changes import note_change, note_saved
 from .errors import CONFLICT, NOT_FOUND, StoreError
 from .records import Record, from_instance
 from .schema import BUCKETS, BucketSchema, validate_insert, validate_update
@@ -33,7 +33,7 @@ def _insert(bucket: BucketSchema, data: dict[str, Any]) -> Record:
             f'Record with key "{key}" already exists in bucket "{bucket.name}"',
             {"bucket": bucket.name, "key": key},
         ) from None
-    return from_instance(bucket, instance)
+    return _saved(bucket, instance)
 
 
 def _not_found(bucket: BucketSchema, key: Any) -> StoreError:
@@ -50,7 +50,13 @@ def _update(bucket: BucketSchema, key: Any, data: dict[str, Any]) -> Record:
     for column, value in columns.items():
         setattr(instance, column, value)
     instance.save()
-    return from_instance(bucket, instance)
+    return _saved(bucket, instance)
+
+
+def _saved(bucket: BucketSchema, instance: Any) -> Record:
+    record = from_instance(bucket, instance)
+    note_saved(bucket.name, instance.seq, record)
+    return record
 
 
 def _delete(bucket: BucketSchema, key: Any) -> dict[str, bool]:
