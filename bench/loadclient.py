@@ -186,6 +186,38 @@ def pinned_core(pid: int) -> int | None:
     return next(iter(cores)) if len(cores) == 1 else None
 
 
+def busy_processes(exclude: set[int], window_s: float = 1.0, share: float = 0.02) -> list[str]:
+    """Processes other than `exclude` that used at least `share` of a core
+    over `window_s`, as "pid name NN%". The per-phase contention figures only
+    see CPU on the pinned cores while a phase runs, which a development server
+    polling its files now and then escapes; a busy machine still moves the
+    figures (memory bandwidth, caches, timer wakeups), so it is named here."""
+    def ticks() -> dict[int, int]:
+        seen = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and int(entry) not in exclude:
+                try:
+                    fields = _stat_fields(int(entry))
+                    seen[int(entry)] = int(fields[11]) + int(fields[12])
+                except (OSError, ValueError, IndexError):
+                    continue
+        return seen
+
+    before = ticks()
+    time.sleep(window_s)
+    busy = []
+    for pid, now in sorted(ticks().items()):
+        used = (now - before.get(pid, now)) / CLK_TCK / window_s
+        if used >= share:
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    command = " ".join(f.read().replace(b"\0", b" ").decode(errors="replace").split())[:60]
+            except OSError:
+                command = ""
+            busy.append(f"{pid} {command or '?'} {used:.0%}")
+    return busy
+
+
 def client_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -852,6 +884,8 @@ class Context:
     server_pids: list[int]
     sizes: Sizes
     timeout: float
+    # Other processes that used CPU just before the runs (see busy_processes).
+    busy_before: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -1213,7 +1247,7 @@ def report(name: str, runs: Sequence[RunResult], ctx: Context, smoke: bool) -> t
         "scenario": name, "ok": ok, "smoke": smoke, "urls": ctx.urls, "server_pids": ctx.server_pids,
         "sizes": asdict(ctx.sizes), "runs": len(runs), "median": medians,
         "per_run": [run.figures for run in runs], "client_bound": any(run.client_bound for run in runs),
-        "failures": failures, "notes": notes,
+        "failures": failures, "notes": notes, "busy_before": ctx.busy_before,
     }
     print("BENCH_JSON " + json.dumps(line, separators=(",", ":")), flush=True)
     rows = []
@@ -1230,6 +1264,8 @@ def report(name: str, runs: Sequence[RunResult], ctx: Context, smoke: bool) -> t
         status += ", client-bound"
     rows.append(f"{name:<4} {'status':<48} {status:>12}")
     rows.extend(f"{name:<4}   note: {note}" for note in notes)
+    if ctx.busy_before:
+        rows.append(f"{name:<4}   note: machine not quiet before the runs: {'; '.join(ctx.busy_before)}")
     rows.extend(f"{name:<4}   FAIL: {failure}" for failure in failures)
     return rows, ok
 
@@ -1284,6 +1320,11 @@ async def main(args: argparse.Namespace) -> int:
     ctx = Context(urls, origins, server_pids, sizes, args.timeout)
     runs = args.runs or (1 if args.smoke else 3)
     raise_fd_limit(sizes.s2_viewers + 64)
+    if not args.smoke:
+        ours = {os.getpid(), *(pid for server in server_pids for pid in process_tree(server))}
+        ctx.busy_before = busy_processes(ours)
+        if ctx.busy_before:
+            print(f"warning: busy processes before the runs: {'; '.join(ctx.busy_before)}", file=sys.stderr)
 
     table: list[str] = []
     all_ok = True

@@ -20,3 +20,19 @@ def test_benchmark_scenarios_pass_their_checks_at_smoke_size():
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert result.stdout.count('"ok":true') == 4, result.stdout[-4000:]
+
+
+def test_the_quiet_machine_check_names_a_busy_process_and_skips_excluded_ones():
+    import os
+    import sys
+
+    from bench.loadclient import busy_processes
+
+    spinner = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 20\nwhile time.time() < end: pass"])
+    try:
+        busy = busy_processes({os.getpid()}, window_s=0.5)
+        assert any(line.startswith(f"{spinner.pid} ") and "time.time()" in line for line in busy), busy
+        assert not any(line.startswith(f"{os.getpid()} ") for line in busy)
+    finally:
+        spinner.kill()
+        spinner.wait()
