@@ -76,16 +76,39 @@ def load(bucket: BucketSchema, identities: list[tuple[int, int]]) -> list[Record
 
 def fetch_by_seq(bucket: BucketSchema, seqs: list[int]) -> dict[int, Record]:
     columns = row_columns(bucket)
+    select = _select_by_seq(bucket)
     fetched: dict[int, Record] = {}
-    # Chunked: SQLite limits the number of bound parameters in one query.
-    for start in range(0, len(seqs), 900):
-        chunk = seqs[start : start + 900]
-        for values in bucket.model.objects.filter(seq__in=chunk).values_list(*columns):
-            row = dict(zip(columns, values))
-            record = Record(record_from_row(bucket, row))
-            record.version = row["version"]
-            fetched[row["seq"]] = record
+    with connection.cursor() as cursor:
+        # Chunked: SQLite limits the number of bound parameters in one query.
+        for start in range(0, len(seqs), 900):
+            chunk = seqs[start : start + 900]
+            cursor.execute(f"{select}({', '.join(['%s'] * len(chunk))})", chunk)
+            for values in cursor.fetchall():
+                row = dict(zip(columns, values))
+                record = Record(record_from_row(bucket, row))
+                record.version = row["version"]
+                fetched[row["seq"]] = record
     return fetched
+
+
+# "SELECT <row columns> FROM <table> WHERE <seq> IN " per bucket. Built from
+# the model's own names: the ORM's query compilation cost more than the read
+# itself (0.27 ms for one record) on every change from another process. The
+# columns are plain text and numbers, which both backends return as Python's
+# own types, as values_list() would.
+_selects: dict[str, str] = {}
+
+
+def _select_by_seq(bucket: BucketSchema) -> str:
+    select = _selects.get(bucket.name)
+    if select is None:
+        meta = bucket.model._meta
+        quote = connection.ops.quote_name
+        names = ", ".join(quote(meta.get_field(column).column) for column in row_columns(bucket))
+        select = _selects[bucket.name] = (
+            f"SELECT {names} FROM {quote(meta.db_table)} WHERE {quote(meta.get_field('seq').column)} IN "
+        )
+    return select
 
 
 def from_instance(bucket: BucketSchema, instance: Any) -> Record:

@@ -96,3 +96,14 @@ def test_a_failed_insert_in_a_transaction_caches_nothing_it_wrote():
     assert records._cache == {}
     assert selectors.record_all(bucket=METRICS) == [first]
     assert not connection.in_atomic_block
+
+
+def test_reading_by_seq_gives_what_the_orm_gives_in_chunks_of_bound_parameters():
+    services.transaction_run(operations=[
+        services.Operation(op="insert", bucket=METRICS, args={"data": row(name=f"n{i % 7} é", value=i / 3, unit="u" * (i % 5))})
+        for i in range(950)
+    ])
+    instances = list(Metric.objects.all())
+    fetched = records.fetch_by_seq(METRICS, [m.seq for m in reversed(instances)] + [10**12])
+    assert fetched == {m.seq: records.from_instance(METRICS, m) for m in instances}
+    assert [record.version for record in fetched.values()] == [1] * 950
