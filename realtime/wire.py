@@ -1,22 +1,29 @@
-"""Complete WebSocket text frames written straight to uvicorn's transport.
+"""Complete WebSocket text frames written straight to the server's socket.
 
 Why: in the fan-out benchmark (1,000 viewers on one query) each insert sends
-1,000 small frames, and a quarter of that round went to the ASGI `send` call
-itself (the message dict, websockets' frame object and serializer, the
-output list) rather than to the socket write. A server-to-client text frame
-without extensions is two to ten header bytes and the UTF-8 payload, so when
-the connection is plainly open and writable we write those bytes ourselves.
+1,000 small frames. Under uvicorn a quarter of that round went to the ASGI
+`send` call itself (the message dict, websockets' frame object and
+serializer, the output list) rather than to the socket write; under daphne
+(`runserver`) three quarters did, Twisted adding two epoll registrations and
+a reactor turn to every frame. A server-to-client text frame without
+extensions is two to ten header bytes and the UTF-8 payload, so when the
+connection is plainly open and nothing is waiting to be written we write
+those bytes ourselves.
 
 When anything is out of the ordinary (another ASGI server, an extension such
-as permessage-deflate negotiated, the socket paused by backpressure, a close
-under way) the writer declines and the caller uses the ASGI `send`, which
-waits or raises as the spec says. The protocol internals read here are those
-of the pinned uvicorn (requirements.txt); tests/test_wire.py fails if an
-upgrade changes them, rather than letting the fast path quietly switch off.
+as permessage-deflate negotiated, TLS terminated in the server, data already
+buffered or the socket paused by backpressure, a close under way) the writer
+declines and the caller uses the ASGI `send`, which queues, waits or raises
+as its server does. The internals read here are those of the pinned uvicorn
+and daphne (requirements.txt); tests/test_wire.py fails if an upgrade
+changes them, rather than letting the fast path quietly switch off.
 """
 from __future__ import annotations
 
+import functools
+import logging
 import struct
+import sys
 from typing import Any, Callable
 
 from websockets.protocol import State
@@ -35,6 +42,11 @@ JOIN_LIMIT = 64 * 1024
 
 Writer = Callable[[str], bool]
 
+logger = logging.getLogger(__name__)
+
+# daphne's entry for a connection it has forgotten.
+_GONE = {"disconnected": True}
+
 
 def text_frame_header(length: int) -> bytes:
     """RFC 6455 header of an unmasked, final text frame of `length` bytes."""
@@ -47,9 +59,15 @@ def text_frame_header(length: int) -> bytes:
 
 def frame_writer(send: Any) -> Writer | None:
     """A function writing one text frame directly, or None when `send` is not
-    uvicorn's websockets-sansio protocol with no extensions negotiated. Call
-    it after the handshake. It returns False (and writes nothing) whenever
-    the frame must go through `send` instead."""
+    one of the servers handled here, or the connection negotiated an
+    extension. Call it after the handshake. The function returns False (and
+    writes nothing) whenever the frame must go through `send` instead."""
+    write = _uvicorn_writer(send) or _daphne_writer(send)
+    logger.debug("frames of this connection: %s", "written directly" if write else "through the ASGI send")
+    return write
+
+
+def _uvicorn_writer(send: Any) -> Writer | None:
     if WebSocketsSansIOProtocol is None:
         return None
     protocol = getattr(send, "__self__", None)
@@ -79,6 +97,62 @@ def frame_writer(send: Any) -> Writer | None:
             transport.write(_LENGTH_16.pack(FIN_TEXT, 126, length) + payload)
         else:
             transport.writelines((text_frame_header(length), payload))
+        return True
+
+    return write
+
+
+def _daphne_writer(send: Any) -> Writer | None:
+    # Looked up, never imported: importing daphne.server installs Twisted's
+    # reactor, which only a daphne process (runserver) has done.
+    server_module = sys.modules.get("daphne.server")
+    ws_module = sys.modules.get("daphne.ws_protocol")
+    tcp_module = sys.modules.get("twisted.internet.tcp")
+    if server_module is None or ws_module is None or tcp_module is None:
+        return None
+    # daphne's send is functools.partial(server.handle_reply, protocol).
+    if not isinstance(send, functools.partial) or send.keywords or len(send.args) != 1:
+        return None
+    handle_reply = send.func
+    if getattr(handle_reply, "__func__", None) is not server_module.Server.handle_reply:
+        return None
+    protocol = send.args[0]
+    if type(protocol) is not ws_module.WebSocketProtocol:
+        return None
+    transport = protocol.transport
+    open_state = protocol.STATE_OPEN
+    if protocol.state != open_state or protocol._perMessageCompress is not None:
+        return None
+    if type(transport) is not tcp_module.Server or transport.TLS:
+        return None
+    connections = handle_reply.__self__.connections
+    sock = transport.socket
+
+    def write(text: str) -> bool:
+        if (
+            protocol.state != open_state
+            or not transport.connected
+            or transport.disconnecting
+            or transport._writeDisconnected
+            # Whatever Twisted or autobahn still holds must go first.
+            or transport.dataBuffer
+            or transport._tempDataBuffer
+            or protocol.send_queue
+            or "disconnected" in connections.get(protocol, _GONE)
+        ):
+            return False
+        payload = text.encode()
+        frame = text_frame_header(len(payload)) + payload
+        try:
+            sent = sock.send(frame)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            return False  # the ASGI path lets Twisted see the broken connection
+        if sent < len(frame):
+            # The socket buffer is full: Twisted keeps the rest and writes it
+            # when the socket is writable; later frames queue behind it.
+            transport.write(frame[sent:])
         return True
 
     return write

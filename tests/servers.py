@@ -27,6 +27,7 @@ import json
 import os
 import secrets
 import shutil
+import sys
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -81,13 +82,16 @@ class LiveServer(Server):
     that the page's static files are served; `extra_env` goes into its environment. It can
     be stopped, killed or paused, and started again on the same port."""
 
-    def __init__(self, workdir: Path, **extra_env: str) -> None:
+    def __init__(self, workdir: Path, *, runserver: bool = False, **extra_env: str) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         port = free_port()
         env = server_env(f"sqlite:///{self.workdir.resolve() / 'db.sqlite3'}", **extra_env)
+        # runserver: the development server (daphne) instead of uvicorn.
+        argv = ([sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"]
+                if runserver else uvicorn_argv(port))
         # A graceful shutdown with pages connected may take longer than STOP_TIMEOUT.
-        super().__init__("server", uvicorn_argv(port), env, self.workdir / "server.log", port,
+        super().__init__("server", argv, env, self.workdir / "server.log", port,
                          start_timeout=START_TIMEOUT, stop_timeout=10.0)
 
     @property

@@ -19,6 +19,7 @@ from dashboard_project.asgi import application
 from realtime import fanout, wire
 from realtime.outbox import Outbox
 from tests.conftest import metric
+from tests.servers import LiveServer
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -97,34 +98,42 @@ def server_side_outbox() -> Outbox:
     return consumer.outbox
 
 
-async def test_pushes_and_replies_of_every_header_size_arrive_whole():
+async def every_header_size(url: str, after_login=None) -> None:
+    """Pushes and replies of about 60 B, 200 B, 40 KB and 90 KB (the 7-bit,
+    16-bit and 64-bit length headers) arrive whole and as the rules say."""
+    admin = await open_client(url, "admin-token", compression=None)
+    viewer = await open_client(url, "viewer-token", compression=None)
+    if after_login is not None:
+        after_login()
+
+    await viewer.send(json.dumps({"id": 2, "type": "store.subscribe", "query": "all-metrics"}))
+    reply = json.loads(await viewer.recv())
+    assert reply == {"id": 2, "type": "result", "data": {"subscriptionId": reply["data"]["subscriptionId"], "data": []}}
+    subscription_id = reply["data"]["subscriptionId"]
+
+    written: list[dict] = []
+    for count, unit_length in ((1, 1), (1, 100), (160, 200), (200, 400)):
+        rows = [metric(name=f"m{len(written) + i}", unit="u" * unit_length) for i in range(count)]
+        result = await admin_request(admin, "store.transaction",
+                                     operations=[{"op": "insert", "bucket": "metrics", "data": row} for row in rows])
+        written.extend(r["data"] for r in result["results"])
+        push = json.loads(await viewer.recv())
+        assert push == {"type": "push", "channel": "subscription", "subscriptionId": subscription_id,
+                        "data": sorted_like(push["data"], written)}
+    assert len(json.dumps(push)) > 65536
+
+    await viewer.send(json.dumps({"id": 3, "type": "store.all", "bucket": "metrics"}))
+    assert json.loads(await viewer.recv()) == {"id": 3, "type": "result", "data": sorted_like(push["data"], written)}
+    await admin.close()
+    await viewer.close()
+
+
+async def test_uvicorn_pushes_and_replies_of_every_header_size_arrive_whole():
+    def direct_path_is_on() -> None:
+        assert server_side_outbox()._write is not None
+
     async with InProcessServer() as server:
-        admin = await open_client(server.url, "admin-token", compression=None)
-        viewer = await open_client(server.url, "viewer-token", compression=None)
-        outbox = server_side_outbox()
-        assert outbox._write is not None  # the direct path is on for a plain connection
-
-        await viewer.send(json.dumps({"id": 2, "type": "store.subscribe", "query": "all-metrics"}))
-        reply = json.loads(await viewer.recv())
-        assert reply == {"id": 2, "type": "result", "data": {"subscriptionId": reply["data"]["subscriptionId"], "data": []}}
-        subscription_id = reply["data"]["subscriptionId"]
-
-        # Results of about 60 B, 200 B, 40 KB and 90 KB: the 7-bit, 16-bit and
-        # 64-bit length headers, and both the joined and the separate write.
-        written: list[dict] = []
-        for count, unit_length in ((1, 1), (1, 100), (160, 200), (200, 400)):
-            rows = [metric(name=f"m{len(written) + i}", unit="u" * unit_length) for i in range(count)]
-            result = await admin_request(admin, "store.transaction",
-                                         operations=[{"op": "insert", "bucket": "metrics", "data": row} for row in rows])
-            written.extend(r["data"] for r in result["results"])
-            push = json.loads(await viewer.recv())
-            assert push == {"type": "push", "channel": "subscription", "subscriptionId": subscription_id, "data": sorted_like(push["data"], written)}
-        assert len(json.dumps(push)) > 65536
-
-        await viewer.send(json.dumps({"id": 3, "type": "store.all", "bucket": "metrics"}))
-        assert json.loads(await viewer.recv()) == {"id": 3, "type": "result", "data": sorted_like(push["data"], written)}
-        await admin.close()
-        await viewer.close()
+        await every_header_size(server.url, direct_path_is_on)
 
 
 _request_ids = iter(range(100, 10_000))
@@ -185,3 +194,49 @@ async def test_paused_or_closing_connections_decline_and_asgi_send_waits():
             await asyncio.sleep(0.01)
         assert outbox._write("{}") is False
         await admin.close()
+
+
+# --- runserver (daphne) ----------------------------------------------------------------
+
+
+@pytest.fixture
+def runserver(tmp_path):
+    server = LiveServer(tmp_path, runserver=True, DJANGO_LOG_LEVEL="DEBUG")
+    server.prepare()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.multiprocess
+async def test_runserver_writes_frames_of_every_header_size_directly(runserver):
+    await every_header_size(runserver.url)
+    log = runserver.log()
+    assert log.count("frames of this connection: written directly") == 2, log[-3000:]
+    assert "through the ASGI send" not in log
+
+
+@pytest.mark.multiprocess
+async def test_runserver_keeps_frames_whole_and_in_order_for_a_reader_that_stalls(runserver):
+    """Frames that do not fit the socket go to Twisted's buffer, and later
+    frames queue behind them instead of overtaking them."""
+    admin = await open_client(runserver.url, "admin-token", compression=None)
+    # max_queue=1: the client stops reading the socket while a message waits.
+    viewer = await open_client(runserver.url, "viewer-token", compression=None, max_queue=1)
+    await viewer.send(json.dumps({"id": 2, "type": "store.subscribe", "query": "all-metrics"}))
+    assert json.loads(await viewer.recv())["data"]["data"] == []
+    base = [metric(name=f"base{i}", unit="u" * 900) for i in range(150)]  # a result of about 150 KB
+    await admin_request(admin, "store.transaction",
+                        operations=[{"op": "insert", "bucket": "metrics", "data": row} for row in base])
+    for i in range(60):  # about 9 MB of pushes while the viewer does not read
+        await admin_request(admin, "store.insert", bucket="metrics", data=metric(name=f"more{i}"))
+    sizes = []
+    while not sizes or sizes[-1] < 210:
+        push = json.loads(await asyncio.wait_for(viewer.recv(), 10))
+        assert push["type"] == "push"
+        sizes.append(len(push["data"]))
+    assert sizes == list(range(150, 211))
+    everything = await admin_request(admin, "store.all", bucket="metrics")
+    assert push["data"] == everything
+    await admin.close()
+    await viewer.close()
