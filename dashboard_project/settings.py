@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ if not DEBUG and SECRET_KEY == _DEV_SECRET:
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]" if DEBUG else "")
 
 INSTALLED_APPS = [
-    # daphne first: it provides the ASGI `runserver` used in development.
+    # daphne first: its `runserver` serves the ASGI application.
     "daphne",
     "django.contrib.admin",
     "django.contrib.auth",
@@ -222,6 +223,11 @@ WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = BASE_DIR / "staticfiles"
+# WhiteNoise's file responses are synchronous iterators, which Django's ASGI
+# handler reads in a thread and warns about on the first static file. Our
+# static files are a few small scripts and styles, so the warning says
+# nothing useful (WhiteNoise has no ASGI support yet).
+warnings.filterwarnings("ignore", message="StreamingHttpResponse must consume synchronous iterators")
 
 # --- Production security (Django's check --deploy) ---------------------------
 if not DEBUG:
