@@ -309,7 +309,7 @@ class DashboardConsumer(AsyncWebsocketConsumer):
     def enqueue(self, frame: str) -> None:
         self.outbox.reply(frame)
 
-    def deliver_push(self, subscription: Subscription, frame: str) -> None:
+    def deliver_push(self, subscription: Subscription, body: str, body_utf8: bytes) -> None:
         """Called by the hub for every push; never awaits, so fan-out never
         waits on a client. The common case (same session as last time, no
         expiry) is checked inline: this runs once per viewer per change."""
@@ -319,7 +319,7 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         if session is None or session is not subscription.allowed_for or session.expires_at is not None:
             if not self.may_receive(subscription):
                 return
-        self.outbox.push(subscription.subscription_id, frame)
+        self.outbox.push(subscription.subscription_id, subscription.frame_prefix, body, body_utf8)
 
 
 # Types the reference routes without a session (and then finds no handler for).

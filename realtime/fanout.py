@@ -390,6 +390,10 @@ class Hub:
                 # Subscriptions that hold the previous round's string (most of
                 # them) share one comparison; newer ones compare their own.
                 changed_since_previous = previous is None or previous != result
+                # The part of the push frame after the subscription id, the
+                # same for every subscriber: built and encoded once, if needed.
+                body: str | None = None
+                body_utf8 = b""
                 # Delivery never changes the subscriptions synchronously (a
                 # close is scheduled), so the dict is iterated as it is.
                 for subscription in live.subscriptions.values():
@@ -399,9 +403,10 @@ class Hub:
                         changed = subscription.last_json != result
                     subscription.last_json = result
                     if changed:
-                        subscription.consumer.deliver_push(
-                            subscription, "".join((subscription.frame_prefix, result, "}"))
-                        )
+                        if body is None:
+                            body = result + "}"
+                            body_utf8 = body.encode()
+                        subscription.consumer.deliver_push(subscription, body, body_utf8)
 
     async def _refresh_group(self, layer: Any) -> None:
         while True:

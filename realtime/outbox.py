@@ -57,9 +57,10 @@ class _Resume:
 
 class Outbox:
     def __init__(self, send: Send, max_bytes: int, on_overflow: Callable[[], None],
-                 write: Callable[[str], bool] | None = None) -> None:
+                 write: Callable[..., bool] | None = None) -> None:
         self._send = send
-        # realtime/wire.py: writes a frame without the ASGI call when it can.
+        # realtime/wire.py: writes a frame (text, then already encoded bytes)
+        # without the ASGI call when it can.
         self._write = write
         self._queue: collections.deque[str | PushSlot] = collections.deque()
         self._pushes: dict[str, PushSlot] = {}
@@ -83,14 +84,21 @@ class Outbox:
             self._queue.append(frame)
             self._grew(len(frame))
 
-    def push(self, key: str, frame: str) -> None:
+    def push(self, key: str, prefix: str, body: str, body_utf8: bytes) -> None:
+        """Queues the push frame `prefix + body`. The body (the result and the
+        frame's closing brace) is shared by every subscriber of the query and
+        comes encoded once, so a direct write copies only the prefix; the
+        text is joined only when the frame has to wait or go through `send`."""
         if self._drain is None and not self._queue:
             # Nothing waits (so no older push for this key either): send now.
             if not self.closed:
-                self._send_now(frame)
+                write = self._write
+                if write is None or not write(prefix, body_utf8):
+                    self._send_asgi(prefix + body)
             return
         if self.closed:
             return
+        frame = prefix + body
         slot = self._pushes.get(key)
         if slot is not None:
             # Not sent yet: only the newest result matters.
@@ -136,8 +144,10 @@ class Outbox:
 
     def _send_now(self, frame: str) -> None:
         write = self._write
-        if write is not None and write(frame):
-            return
+        if write is None or not write(frame):
+            self._send_asgi(frame)
+
+    def _send_asgi(self, frame: str) -> None:
         coroutine = self._send({"type": "websocket.send", "text": frame})
         try:
             waiting_on = coroutine.send(None)

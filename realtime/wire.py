@@ -40,7 +40,9 @@ _LENGTH_64 = struct.Struct("!BBQ")
 # being joined (a 1.8 MB result is not copied once more per viewer).
 JOIN_LIMIT = 64 * 1024
 
-Writer = Callable[[str], bool]
+# write(text, tail=b""): one text frame whose payload is text's UTF-8 followed
+# by `tail` (bytes shared by several frames, encoded once).
+Writer = Callable[..., bool]
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +82,7 @@ def _uvicorn_writer(send: Any) -> Writer | None:
     writable = protocol.writable
     open_state = State.OPEN
 
-    def write(text: str) -> bool:
+    def write(text: str, tail: bytes = b"") -> bool:
         if (
             protocol.close_sent
             or protocol.disconnected
@@ -89,14 +91,12 @@ def _uvicorn_writer(send: Any) -> Writer | None:
             or transport.is_closing()
         ):
             return False
-        payload = text.encode()
-        length = len(payload)
-        if length < 126:
-            transport.write(bytes((FIN_TEXT, length)) + payload)
-        elif length < JOIN_LIMIT:
-            transport.write(_LENGTH_16.pack(FIN_TEXT, 126, length) + payload)
+        head = text.encode()
+        length = len(head) + len(tail)
+        if length < JOIN_LIMIT:
+            transport.write(text_frame_header(length) + head + tail)
         else:
-            transport.writelines((text_frame_header(length), payload))
+            transport.writelines((text_frame_header(length) + head, tail))
         return True
 
     return write
@@ -128,7 +128,7 @@ def _daphne_writer(send: Any) -> Writer | None:
     connections = handle_reply.__self__.connections
     sock = transport.socket
 
-    def write(text: str) -> bool:
+    def write(text: str, tail: bytes = b"") -> bool:
         if (
             protocol.state != open_state
             or not transport.connected
@@ -141,18 +141,23 @@ def _daphne_writer(send: Any) -> Writer | None:
             or "disconnected" in connections.get(protocol, _GONE)
         ):
             return False
-        payload = text.encode()
-        frame = text_frame_header(len(payload)) + payload
+        head = text.encode()
+        head = text_frame_header(len(head) + len(tail)) + head
         try:
-            sent = sock.send(frame)
+            sent = sock.sendmsg((head, tail)) if tail else sock.send(head)
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError:
             return False  # the ASGI path lets Twisted see the broken connection
-        if sent < len(frame):
+        if sent < len(head) + len(tail):
             # The socket buffer is full: Twisted keeps the rest and writes it
             # when the socket is writable; later frames queue behind it.
-            transport.write(frame[sent:])
+            if sent < len(head):
+                transport.write(head[sent:])
+                if tail:
+                    transport.write(tail)
+            else:
+                transport.write(tail[sent - len(head):])
         return True
 
     return write

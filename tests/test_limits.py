@@ -142,21 +142,25 @@ async def test_outbox_coalesces_pushes_and_bounds_what_waits():
         sent.append(message["text"])
 
     outbox = Outbox(slow_send, max_bytes=100, on_overflow=lambda: overflowed.append(outbox.queued))
+
+    def push(key: str, body: str) -> None:
+        outbox.push(key, f"<{key}>", body, body.encode())
+
     outbox.reply("first")  # its send suspends: everything else queues
-    outbox.push("sub-1", "a" * 10)
+    push("s1", "a" * 10)
     outbox.reply("second")
-    outbox.push("sub-1", "b" * 20)  # replaces the queued push, keeps its place
-    outbox.push("sub-2", "c" * 5)
-    assert outbox.queued == len("second") + 20 + 5
+    push("s1", "b" * 20)  # replaces the queued push, keeps its place
+    push("s2", "c" * 5)
+    assert outbox.queued == len("second") + len("<s1>") + 20 + len("<s2>") + 5
     assert overflowed == []
     reader.set()
     assert await outbox.flushed(timeout=1)
-    assert sent == ["first", "b" * 20, "second", "c" * 5]
+    assert sent == ["first", "<s1>" + "b" * 20, "second", "<s2>" + "c" * 5]
     assert outbox.queued == 0
 
     reader.clear()
     outbox.reply("x")  # goes out at once and suspends: the rest queues
     for i in range(20):
-        outbox.push(f"sub-{i}", "y" * 10)
+        push(f"s{i:02}", "y" * 5)
     assert overflowed == [110]  # once, at the first push past 100
     outbox.close()
