@@ -309,7 +309,7 @@ class DashboardConsumer(AsyncWebsocketConsumer):
     def enqueue(self, frame: str) -> None:
         self.outbox.reply(frame)
 
-    def deliver_push(self, subscription: Subscription, body: str, body_utf8: bytes) -> None:
+    def deliver_push(self, subscription: Subscription, body: tuple[str, ...], body_utf8: tuple[bytes, ...]) -> None:
         """Called by the hub for every push; never awaits, so fan-out never
         waits on a client. The common case (same session as last time, no
         expiry) is checked inline: this runs once per viewer per change."""

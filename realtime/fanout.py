@@ -390,10 +390,9 @@ class Hub:
                 # Subscriptions that hold the previous round's string (most of
                 # them) share one comparison; newer ones compare their own.
                 changed_since_previous = previous is None or previous != result
-                # The part of the push frame after the subscription id, the
-                # same for every subscriber: built and encoded once, if needed.
-                body: str | None = None
-                body_utf8 = b""
+                # The part of the push frame after the subscription id is the
+                # same for every subscriber: encoded once, when first needed.
+                body_utf8: tuple[bytes, bytes] | None = None
                 # Delivery never changes the subscriptions synchronously (a
                 # close is scheduled), so the dict is iterated as it is.
                 for subscription in live.subscriptions.values():
@@ -403,10 +402,9 @@ class Hub:
                         changed = subscription.last_json != result
                     subscription.last_json = result
                     if changed:
-                        if body is None:
-                            body = result + "}"
-                            body_utf8 = body.encode()
-                        subscription.consumer.deliver_push(subscription, body, body_utf8)
+                        if body_utf8 is None:
+                            body_utf8 = (result.encode(), b"}")
+                        subscription.consumer.deliver_push(subscription, (result, "}"), body_utf8)
 
     async def _refresh_group(self, layer: Any) -> None:
         while True:

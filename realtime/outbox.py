@@ -84,21 +84,22 @@ class Outbox:
             self._queue.append(frame)
             self._grew(len(frame))
 
-    def push(self, key: str, prefix: str, body: str, body_utf8: bytes) -> None:
-        """Queues the push frame `prefix + body`. The body (the result and the
-        frame's closing brace) is shared by every subscriber of the query and
-        comes encoded once, so a direct write copies only the prefix; the
-        text is joined only when the frame has to wait or go through `send`."""
+    def push(self, key: str, prefix: str, body: tuple[str, ...], body_utf8: tuple[bytes, ...]) -> None:
+        """Queues the push frame `prefix` + `body`. The body (the result and
+        the frame's closing brace) is shared by every subscriber of the query
+        and comes encoded once, so a direct write encodes only the prefix;
+        the text is joined only when the frame has to wait or go through
+        `send`."""
         if self._drain is None and not self._queue:
             # Nothing waits (so no older push for this key either): send now.
             if not self.closed:
                 write = self._write
-                if write is None or not write(prefix, body_utf8):
-                    self._send_asgi(prefix + body)
+                if write is None or not write(prefix, *body_utf8):
+                    self._send_asgi(prefix + "".join(body))
             return
         if self.closed:
             return
-        frame = prefix + body
+        frame = prefix + "".join(body)
         slot = self._pushes.get(key)
         if slot is not None:
             # Not sent yet: only the newest result matters.

@@ -40,8 +40,8 @@ _LENGTH_64 = struct.Struct("!BBQ")
 # being joined (a 1.8 MB result is not copied once more per viewer).
 JOIN_LIMIT = 64 * 1024
 
-# write(text, tail=b""): one text frame whose payload is text's UTF-8 followed
-# by `tail` (bytes shared by several frames, encoded once).
+# write(text, *tail): one text frame whose payload is text's UTF-8 followed by
+# the `tail` bytes (shared by several frames, encoded once).
 Writer = Callable[..., bool]
 
 logger = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def _uvicorn_writer(send: Any) -> Writer | None:
     writable = protocol.writable
     open_state = State.OPEN
 
-    def write(text: str, tail: bytes = b"") -> bool:
+    def write(text: str, *tail: bytes) -> bool:
         if (
             protocol.close_sent
             or protocol.disconnected
@@ -92,11 +92,11 @@ def _uvicorn_writer(send: Any) -> Writer | None:
         ):
             return False
         head = text.encode()
-        length = len(head) + len(tail)
+        length = len(head) + sum(map(len, tail))
         if length < JOIN_LIMIT:
-            transport.write(text_frame_header(length) + head + tail)
+            transport.write(b"".join((text_frame_header(length), head, *tail)))
         else:
-            transport.writelines((text_frame_header(length) + head, tail))
+            transport.writelines((text_frame_header(length) + head, *tail))
         return True
 
     return write
@@ -128,7 +128,7 @@ def _daphne_writer(send: Any) -> Writer | None:
     connections = handle_reply.__self__.connections
     sock = transport.socket
 
-    def write(text: str, tail: bytes = b"") -> bool:
+    def write(text: str, *tail: bytes) -> bool:
         if (
             protocol.state != open_state
             or not transport.connected
@@ -142,22 +142,21 @@ def _daphne_writer(send: Any) -> Writer | None:
         ):
             return False
         head = text.encode()
-        head = text_frame_header(len(head) + len(tail)) + head
+        pieces = (text_frame_header(len(head) + sum(map(len, tail))) + head, *tail)
         try:
-            sent = sock.sendmsg((head, tail)) if tail else sock.send(head)
+            sent = sock.sendmsg(pieces) if tail else sock.send(pieces[0])
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError:
             return False  # the ASGI path lets Twisted see the broken connection
-        if sent < len(head) + len(tail):
-            # The socket buffer is full: Twisted keeps the rest and writes it
+        for piece in pieces:
+            # What the socket did not take goes to Twisted, which writes it
             # when the socket is writable; later frames queue behind it.
-            if sent < len(head):
-                transport.write(head[sent:])
-                if tail:
-                    transport.write(tail)
+            if sent >= len(piece):
+                sent -= len(piece)
             else:
-                transport.write(tail[sent - len(head):])
+                transport.write(piece[sent:] if sent else piece)
+                sent = 0
         return True
 
     return write

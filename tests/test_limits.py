@@ -144,7 +144,7 @@ async def test_outbox_coalesces_pushes_and_bounds_what_waits():
     outbox = Outbox(slow_send, max_bytes=100, on_overflow=lambda: overflowed.append(outbox.queued))
 
     def push(key: str, body: str) -> None:
-        outbox.push(key, f"<{key}>", body, body.encode())
+        outbox.push(key, f"<{key}>", (body,), (body.encode(),))
 
     outbox.reply("first")  # its send suspends: everything else queues
     push("s1", "a" * 10)
