@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import resource
@@ -270,6 +271,11 @@ class PhaseMeter:
         self._poller: asyncio.Task[None] | None = None
 
     def start(self) -> None:
+        # The client's own full garbage collections (its heap holds every
+        # viewer's connection) would stall its reading for tens of ms and be
+        # measured as push latency: collect now, and not during the phase.
+        gc.collect()
+        gc.disable()
         self._t0 = time.perf_counter()
         self._client0 = client_cpu_seconds()
         self._servers0 = [cpu_seconds(tree) for tree in self.trees]
@@ -321,6 +327,7 @@ class PhaseMeter:
         )
 
     def stop(self) -> None:
+        gc.enable()
         if self._poller:
             self._poller.cancel()
 
@@ -979,6 +986,7 @@ async def scenario(ctx: Context, name: str, body: Callable[[Context, RunResult, 
         result.failures.append(f"{name} aborted by a client error on unexpected data: {exc!r}")
         result.failures.extend(summarize([v for conn in conns for v in conn.violations]))
     finally:
+        gc.enable()  # a phase that failed never reached PhaseMeter.stop
         await close_all(conns)
         # Let the server drop this run's subscriptions before the next run writes.
         await asyncio.sleep(0.5)
