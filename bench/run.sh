@@ -41,7 +41,7 @@ ulimit -n "$(ulimit -Hn)"  # 1,000 viewers need more descriptors than the usual 
 
 case $server in
     uvicorn) command=("$py" -m uvicorn dashboard_project.asgi:application --host 127.0.0.1 --port "$port"
-                      --ws-max-size 1048576 --log-level warning) ;;
+                      --ws-max-size 1048576 --ws-per-message-deflate false --log-level warning) ;;
     daphne) command=(.venv/bin/daphne -b 127.0.0.1 -p "$port" dashboard_project.asgi:application) ;;
     *) echo "usage: $0 [uvicorn|daphne] [S1,S2,S3,S4] [loadclient options...]" >&2; exit 2 ;;
 esac
