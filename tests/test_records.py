@@ -6,6 +6,7 @@ import pytest
 from django.db import IntegrityError, connection, transaction
 
 from metrics import records, selectors, services
+from metrics.errors import CONFLICT
 from metrics.models import Metric
 from metrics.schema import BUCKETS
 
@@ -88,11 +89,12 @@ def test_a_failed_insert_in_a_transaction_caches_nothing_it_wrote():
     records.clear_cache()
     first = services.record_insert(bucket=METRICS, data=row(id="k1"))
     records.clear_cache()
-    with pytest.raises(Exception):
+    with pytest.raises(services.OperationFailed) as failure:
         services.transaction_run(operations=[
             services.Operation(op="insert", bucket=METRICS, args={"data": row(id="k2")}),
             services.Operation(op="insert", bucket=METRICS, args={"data": row(id="k1")}),  # CONFLICT
         ])
+    assert (failure.value.index, failure.value.code) == (1, CONFLICT)
     assert records._cache == {}
     assert selectors.record_all(bucket=METRICS) == [first]
     assert not connection.in_atomic_block
