@@ -197,6 +197,9 @@ DASHBOARD = {
     "MAX_TRANSACTION_OPERATIONS": env_int("DASHBOARD_MAX_TRANSACTION_OPERATIONS", 1000),
     # How often each process checks that its channel-layer messages arrive.
     "LAYER_PROBE_SECONDS": float(os.environ.get("DASHBOARD_LAYER_PROBE_SECONDS", "2")),
+    # One process on SQLite without Redis: how often to look for writes made
+    # by other processes (a shell, prune_metrics); 0 turns it off.
+    "EXTERNAL_WRITES_POLL_SECONDS": float(os.environ.get("DASHBOARD_EXTERNAL_WRITES_POLL_SECONDS", "1")),
     # After each fan-out round the hub may rest this many times the round's
     # duration, trading push count for write throughput. Off by default:
     # pipelined writes already coalesce while a round waits for the database.

@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
-from channels.layers import get_channel_layer
+from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
+from django.db import connections
 
 from .frames import encode, push_frame_prefix
 from .limits import RequestLimiter
@@ -89,6 +90,21 @@ def _broadcast(message: dict[str, Any], what: str) -> None:
 
 
 _local_hub: "Hub | None" = None
+
+
+def _hears_no_other_process(layer: Any) -> bool:
+    """True for one process on SQLite with the in-memory layer: nothing
+    carries other processes' changes to it."""
+    return isinstance(layer, InMemoryChannelLayer) and connections["default"].vendor == "sqlite"
+
+
+def _sqlite_data_version() -> tuple[int, int]:
+    # The connection object too: a reconnect (CONN_MAX_AGE) starts a new
+    # count, and must not be mistaken for another process's write.
+    connection = connections["default"]
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA data_version")
+        return id(connection.connection), cursor.fetchone()[0]
 
 
 def _in_other_thread(loop: asyncio.AbstractEventLoop) -> bool:
@@ -193,6 +209,8 @@ class Hub:
                 asyncio.create_task(self._heartbeat(), name="hub-heartbeat"),
                 asyncio.create_task(self._probe(layer), name="hub-probe"),
             ]
+            if _hears_no_other_process(layer) and settings.DASHBOARD["EXTERNAL_WRITES_POLL_SECONDS"] > 0:
+                self.tasks.append(asyncio.create_task(self._watch_sqlite(), name="hub-watch-sqlite"))
             self._started = True
 
     async def stop(self) -> None:
@@ -333,6 +351,29 @@ class Hub:
                 )
             except Exception as error:
                 self._layer_failed("could not send a layer probe", error)
+
+    async def _watch_sqlite(self) -> None:
+        """Without a shared layer no message tells this process about writes
+        made by others (a shell, `prune_metrics`, a second server). SQLite
+        counts them: `PRAGMA data_version` changes when another connection
+        commits. When it does, every live query is re-evaluated; unchanged
+        results are not pushed, so a write that was also announced directly
+        (an admin page's, made on another thread's connection) costs one
+        evaluation and no push."""
+        interval = settings.DASHBOARD["EXTERNAL_WRITES_POLL_SECONDS"]
+        seen = None
+        while True:
+            try:
+                version = await database_sync_to_async(_sqlite_data_version)()
+            except Exception:
+                logger.exception("could not read SQLite's data_version")
+            else:
+                if seen is not None and version != seen and self.live:
+                    for live in self.live.values():
+                        self.pending.update(live.buckets)
+                    self.wakeup.set()
+                seen = version
+            await asyncio.sleep(interval)
 
     def _probe_came_back(self, n: int) -> None:
         self._probe_returned = max(self._probe_returned, n)
