@@ -433,6 +433,7 @@ class Hub:
                 changed_since_previous = previous is None or previous != result
                 # The part of the push frame after the subscription id is the
                 # same for every subscriber: encoded once, when first needed.
+                body: tuple[str, str] = (result, "}")
                 body_utf8: tuple[bytes, bytes] | None = None
                 # Delivery never changes the subscriptions synchronously (a
                 # close is scheduled), so the dict is iterated as it is.
@@ -445,7 +446,7 @@ class Hub:
                     if changed:
                         if body_utf8 is None:
                             body_utf8 = (result.encode(), b"}")
-                        subscription.consumer.deliver_push(subscription, (result, "}"), body_utf8)
+                        subscription.consumer.deliver_push(subscription, body, body_utf8)
 
     async def _refresh_group(self, layer: Any) -> None:
         while True:

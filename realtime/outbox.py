@@ -1,11 +1,11 @@
 """A connection's outgoing frames: replies in order, pushes coalesced.
 
 Frames go out at once when nothing is queued: written to the socket directly
-under uvicorn while it is open and writable (realtime/wire.py), else handed
-to the ASGI server's `send` without a task switch: a send that completes
-without suspending (daphne always, uvicorn while the socket is writable)
-costs one function call. A send that does suspend (a slow reader) is
-finished by a drain task, and everything after it
+under uvicorn or daphne while the connection is open and nothing waits in the
+server (realtime/wire.py), else handed to the ASGI server's `send` without a
+task switch: a send that completes without suspending (daphne always, uvicorn
+while the socket is writable) costs one function call. A send that does
+suspend (a slow reader) is finished by a drain task, and everything after it
 queues behind it. While a push for a subscription is still queued, a newer
 result replaces it, so a slow client holds at most one pending push per
 subscription and always gets the latest state.
