@@ -360,10 +360,12 @@ def push_frame(subscription_id: str, data: Any) -> dict[str, Any]:
     return {"type": "push", "channel": "subscription", "subscriptionId": subscription_id, "data": data}
 
 
-async def open_client(url: str, name: str, token: str | None = None) -> Client:
+async def open_client(url: str, name: str, token: str | None = None, **options: Any) -> Client:
+    """`options` go to websockets' connect (compression=None, max_queue=1, ...)."""
     from websockets.asyncio.client import connect
 
-    ws = await connect(url, max_size=None, ping_interval=None, open_timeout=TIMEOUT, close_timeout=2)
+    options = {"max_size": None, "ping_interval": None, "open_timeout": TIMEOUT, "close_timeout": 2, **options}
+    ws = await connect(url, **options)
     client = Client(ws, name)
     welcome = await client.receive()
     assert set(welcome) == {"type", "version", "serverTime", "requiresAuth"}, welcome

@@ -9,7 +9,6 @@ import socket
 
 import pytest
 import uvicorn
-import websockets
 from channels.db import database_sync_to_async
 from django.db import connections
 from websockets.frames import Frame, Opcode
@@ -19,7 +18,7 @@ from dashboard_project.asgi import application
 from realtime import fanout, wire
 from realtime.outbox import Outbox
 from tests.conftest import metric
-from tests.servers import LiveServer
+from tests.servers import LiveServer, open_client, push_frame
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -84,14 +83,6 @@ class InProcessServer:
         await database_sync_to_async(connections.close_all)()
 
 
-async def open_client(url: str, token: str, **options) -> websockets.ClientConnection:
-    ws = await websockets.connect(url, max_size=None, ping_interval=None, **options)
-    assert json.loads(await ws.recv())["type"] == "welcome"
-    await ws.send(json.dumps({"id": 1, "type": "auth.login", "token": token}))
-    assert json.loads(await ws.recv())["type"] == "result"
-    return ws
-
-
 def server_side_outbox() -> Outbox:
     (hub,) = fanout._hubs.values()
     (consumer,) = [c for c in hub.connections if c.session is not None and "viewer" in c.session.roles]
@@ -101,29 +92,25 @@ def server_side_outbox() -> Outbox:
 async def every_header_size(url: str, after_login=None) -> None:
     """Pushes and replies of about 60 B, 200 B, 40 KB and 90 KB (the 7-bit,
     16-bit and 64-bit length headers) arrive whole and as the rules say."""
-    admin = await open_client(url, "admin-token", compression=None)
-    viewer = await open_client(url, "viewer-token", compression=None)
+    admin = await open_client(url, "admin", "admin-token", compression=None)
+    viewer = await open_client(url, "viewer", "viewer-token", compression=None)
     if after_login is not None:
         after_login()
 
-    await viewer.send(json.dumps({"id": 2, "type": "store.subscribe", "query": "all-metrics"}))
-    reply = json.loads(await viewer.recv())
-    assert reply == {"id": 2, "type": "result", "data": {"subscriptionId": reply["data"]["subscriptionId"], "data": []}}
-    subscription_id = reply["data"]["subscriptionId"]
+    subscription_id, initial = await viewer.subscribe("all-metrics")
+    assert initial == []
 
     written: list[dict] = []
     for count, unit_length in ((1, 1), (1, 100), (160, 200), (200, 400)):
         rows = [metric(name=f"m{len(written) + i}", unit="u" * unit_length) for i in range(count)]
-        result = await admin_request(admin, "store.transaction",
-                                     operations=[{"op": "insert", "bucket": "metrics", "data": row} for row in rows])
+        result = await admin.ok("store.transaction",
+                                operations=[{"op": "insert", "bucket": "metrics", "data": row} for row in rows])
         written.extend(r["data"] for r in result["results"])
-        push = json.loads(await viewer.recv())
-        assert push == {"type": "push", "channel": "subscription", "subscriptionId": subscription_id,
-                        "data": sorted_like(push["data"], written)}
+        push = await viewer.push()
+        assert push == push_frame(subscription_id, sorted_like(push["data"], written))
     assert len(json.dumps(push)) > 65536
 
-    await viewer.send(json.dumps({"id": 3, "type": "store.all", "bucket": "metrics"}))
-    assert json.loads(await viewer.recv()) == {"id": 3, "type": "result", "data": sorted_like(push["data"], written)}
+    assert await viewer.ok("store.all", bucket="metrics") == sorted_like(push["data"], written)
     await admin.close()
     await viewer.close()
 
@@ -136,17 +123,6 @@ async def test_uvicorn_pushes_and_replies_of_every_header_size_arrive_whole():
         await every_header_size(server.url, direct_path_is_on)
 
 
-_request_ids = iter(range(100, 10_000))
-
-
-async def admin_request(ws: websockets.ClientConnection, type: str, **fields) -> dict:
-    request_id = next(_request_ids)
-    await ws.send(json.dumps({"id": request_id, "type": type, **fields}))
-    reply = json.loads(await ws.recv())
-    assert reply["id"] == request_id and reply["type"] == "result", reply
-    return reply["data"]
-
-
 def sorted_like(received: list[dict], written: list[dict]) -> list[dict]:
     """`written` in the order the server listed it, after checking that both
     hold the same records."""
@@ -157,34 +133,30 @@ def sorted_like(received: list[dict], written: list[dict]) -> list[dict]:
 
 async def test_compressed_connections_go_through_asgi_send():
     async with InProcessServer() as server:
-        viewer = await open_client(server.url, "viewer-token")  # offers permessage-deflate
+        viewer = await open_client(server.url, "viewer", "viewer-token")  # offers permessage-deflate
         outbox = server_side_outbox()
         assert outbox._write is None
-        await viewer.send(json.dumps({"id": 2, "type": "store.count", "bucket": "metrics"}))
-        assert json.loads(await viewer.recv()) == {"id": 2, "type": "result", "data": 0}
+        assert await viewer.ok("store.count", bucket="metrics") == 0
         await viewer.close()
 
 
 async def test_paused_or_closing_connections_decline_and_asgi_send_waits():
     async with InProcessServer() as server:
-        admin = await open_client(server.url, "admin-token", compression=None)
-        viewer = await open_client(server.url, "viewer-token", compression=None)
+        admin = await open_client(server.url, "admin", "admin-token", compression=None)
+        viewer = await open_client(server.url, "viewer", "viewer-token", compression=None)
         outbox = server_side_outbox()
         protocol = outbox._send.__self__
-        await viewer.send(json.dumps({"id": 2, "type": "store.subscribe", "query": "metric-count"}))
-        subscription_id = json.loads(await viewer.recv())["data"]["subscriptionId"]
+        subscription_id, _ = await viewer.subscribe("metric-count")
 
         # The transport says its buffer is full: the writer declines, the
         # frame waits in uvicorn's send until the buffer drains.
         protocol.pause_writing()
         assert outbox._write("{}") is False
-        await admin_request(admin, "store.insert", bucket="metrics", data=metric())
-        with pytest.raises(asyncio.TimeoutError):
-            await asyncio.wait_for(viewer.recv(), 0.3)
+        await admin.ok("store.insert", bucket="metrics", data=metric())
+        assert await viewer.silent(0.3)
         assert len(outbox) == 0 and outbox._drain is not None  # held by the ASGI send, not dropped
         protocol.resume_writing()
-        assert json.loads(await asyncio.wait_for(viewer.recv(), 5)) == {
-            "type": "push", "channel": "subscription", "subscriptionId": subscription_id, "data": 1}
+        assert await viewer.push(5) == push_frame(subscription_id, 1)
 
         # Once the client has closed, nothing is written directly any more.
         await viewer.close()
@@ -220,23 +192,20 @@ async def test_runserver_writes_frames_of_every_header_size_directly(runserver):
 async def test_runserver_keeps_frames_whole_and_in_order_for_a_reader_that_stalls(runserver):
     """Frames that do not fit the socket go to Twisted's buffer, and later
     frames queue behind them instead of overtaking them."""
-    admin = await open_client(runserver.url, "admin-token", compression=None)
+    admin = await open_client(runserver.url, "admin", "admin-token", compression=None)
     # max_queue=1: the client stops reading the socket while a message waits.
-    viewer = await open_client(runserver.url, "viewer-token", compression=None, max_queue=1)
-    await viewer.send(json.dumps({"id": 2, "type": "store.subscribe", "query": "all-metrics"}))
-    assert json.loads(await viewer.recv())["data"]["data"] == []
+    viewer = await open_client(runserver.url, "viewer", "viewer-token", compression=None, max_queue=1)
+    _, initial = await viewer.subscribe("all-metrics")
+    assert initial == []
     base = [metric(name=f"base{i}", unit="u" * 900) for i in range(150)]  # a result of about 150 KB
-    await admin_request(admin, "store.transaction",
-                        operations=[{"op": "insert", "bucket": "metrics", "data": row} for row in base])
+    await admin.ok("store.transaction", operations=[{"op": "insert", "bucket": "metrics", "data": row} for row in base])
     for i in range(60):  # about 9 MB of pushes while the viewer does not read
-        await admin_request(admin, "store.insert", bucket="metrics", data=metric(name=f"more{i}"))
+        await admin.ok("store.insert", bucket="metrics", data=metric(name=f"more{i}"))
     sizes = []
     while not sizes or sizes[-1] < 210:
-        push = json.loads(await asyncio.wait_for(viewer.recv(), 10))
-        assert push["type"] == "push"
+        push = await viewer.push(10)
         sizes.append(len(push["data"]))
     assert sizes == list(range(150, 211))
-    everything = await admin_request(admin, "store.all", bucket="metrics")
-    assert push["data"] == everything
+    assert push["data"] == await admin.ok("store.all", bucket="metrics")
     await admin.close()
     await viewer.close()
