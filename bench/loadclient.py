@@ -120,17 +120,23 @@ def _stat_fields(pid: int) -> list[str]:
     return text[text.rindex(")") + 2 :].split()
 
 
+def _every_stat() -> dict[int, list[str]]:
+    """The /proc/PID/stat fields (3..) of every live process."""
+    stats = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stats[int(entry)] = _stat_fields(int(entry))
+            except OSError:
+                continue  # it exited meanwhile
+    return stats
+
+
 def process_tree(pid: int) -> list[int]:
     """PID and its live descendants (a server started with workers forks children)."""
     children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            parent = int(_stat_fields(int(entry))[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(parent, []).append(int(entry))
+    for child, fields in _every_stat().items():
+        children.setdefault(int(fields[1]), []).append(child)
     tree, todo = [], [pid]
     while todo:
         current = todo.pop()
@@ -193,16 +199,8 @@ def busy_processes(exclude: set[int], window_s: float = 1.0, share: float = 0.02
     see CPU on the pinned cores while a phase runs, which a development server
     polling its files now and then escapes; a busy machine still moves the
     figures (memory bandwidth, caches, timer wakeups), so it is named here."""
-    def ticks() -> dict[int, int]:
-        seen = {}
-        for entry in os.listdir("/proc"):
-            if entry.isdigit() and int(entry) not in exclude:
-                try:
-                    fields = _stat_fields(int(entry))
-                    seen[int(entry)] = int(fields[11]) + int(fields[12])
-                except (OSError, ValueError, IndexError):
-                    continue
-        return seen
+    def ticks() -> dict[int, int]:  # utime + stime
+        return {pid: int(fields[11]) + int(fields[12]) for pid, fields in _every_stat().items() if pid not in exclude}
 
     before = ticks()
     time.sleep(window_s)
