@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from metrics.durations import parse_duration
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -31,6 +34,17 @@ def env_list(name: str, default: str) -> list[str]:
 def env_int(name: str, default: int) -> int:
     raw = os.environ.get(name)
     return default if raw in (None, "") else int(raw)
+
+
+def env_retention(name: str, default: str) -> float | None:
+    """A duration such as `7d` in seconds, or None for `forever`."""
+    raw = (os.environ.get(name) or default).strip()
+    if raw.lower() == "forever":
+        return None
+    try:
+        return parse_duration(raw)
+    except ValueError as error:
+        raise ImproperlyConfigured(f"{name}: {error} (or 'forever')") from None
 
 
 def env_json(name: str, default: Any) -> Any:
@@ -205,6 +219,18 @@ DASHBOARD = {
     # pipelined writes already coalesce while a round waits for the database.
     "FANOUT_REST_RATIO": float(os.environ.get("DASHBOARD_FANOUT_REST_RATIO", "0")),
     "SHUTDOWN_GRACE_MS": env_int("DASHBOARD_SHUTDOWN_GRACE_MS", 1000),
+    # How long `prune_metrics` keeps each level of history, in seconds (None:
+    # for ever): raw readings, then each time-bucket tier (metrics.derived).
+    # Coarse tiers outlive raw readings, so old ranges stay chartable.
+    "RETENTION": {
+        level: env_retention(f"DASHBOARD_RETENTION_{level.upper()}", default)
+        for level, default in (("raw", "7d"), ("10s", "7d"), ("1m", "90d"), ("10m", "365d"),
+                               ("1h", "forever"), ("1d", "forever"))
+    },
+    # metric-series: a step finer than the finest tier (10 s) is computed
+    # from raw readings only while the range holds at most this many times
+    # `points` readings; otherwise the step grows to a tier's.
+    "SERIES_RAW_READINGS_PER_POINT": env_int("DASHBOARD_SERIES_RAW_READINGS_PER_POINT", 5),
 }
 
 AUTH_PASSWORD_VALIDATORS = [

@@ -1,4 +1,5 @@
-"""App config for the data layer: connects the model signals that report changes."""
+"""App config for the data layer: connects the model signals that report
+changes and keep the derived tables (per-name figures, tiers) right."""
 from django.apps import AppConfig
 
 
@@ -7,6 +8,7 @@ class MetricsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import changes
+        from . import changes, derived
 
         changes.connect_model_signals()
+        derived.connect_model_signals()

@@ -11,11 +11,12 @@ from typing import Any
 
 from django.core.exceptions import EmptyResultSet
 from django.db import connections
-from django.db.models import Avg, Count, Max, Min, OuterRef, QuerySet, Subquery, Sum
+from django.db.models import Avg, Max, Min, QuerySet, Sum
 
-from . import records
+from . import derived, records
 from .errors import VALIDATION_ERROR, StoreError, invalid_field
 from .filters import compile_filter
+from .models import Metric
 from .records import Record
 from .schema import BUCKETS, BucketSchema, json_number
 
@@ -167,39 +168,32 @@ def record_stats_by_name(*, bucket: BucketSchema) -> list[dict[str, Any]]:
     """Per `name`: count, min, max, avg of `value`, and the value and unit of
     the newest reading (by insertion order), sorted by name.
 
-    One aggregate statement, so the figures come from one snapshot; the
-    newest reading per name is a correlated subquery that the index on `name`
-    answers without reading the group.
+    Read from the per-name figures the writes maintain (metrics.derived): the
+    cost grows with the number of names, not of readings. Sorted here, by
+    code point, so that both databases give the same order whatever their
+    collation.
     """
-    name, value, unit = bucket.column("name"), bucket.column("value"), bucket.column("unit")
-    if name is None or value is None or unit is None:
-        raise ValueError(f'bucket "{bucket.name}" has no name/value/unit fields')
-    newest = bucket.model.objects.filter(**{name: OuterRef(name)}).order_by("-seq")
-    rows = (
-        bucket.model.objects.order_by()
-        .values(name)
-        .annotate(
-            count=Count("seq"),
-            min=Min(value),
-            max=Max(value),
-            avg=Avg(value),
-            last=Subquery(newest.values(value)[:1]),
-            last_unit=Subquery(newest.values(unit)[:1]),
-        )
-        .order_by(name)
-    )
+    if bucket.model is not Metric:
+        raise ValueError(f'bucket "{bucket.name}" keeps no per-name figures')
+    rows = _fetch(f"SELECT name, count, sum, min, max, last_value, last_unit FROM {derived.STATS}", ())
+    rows.sort(key=lambda row: row[0])
     return [
         {
-            "name": row[name],
-            "count": row["count"],
-            "min": json_number(float(row["min"])),
-            "max": json_number(float(row["max"])),
-            "avg": json_number(float(row["avg"])),
-            "last": json_number(float(row["last"])),
-            "unit": row["last_unit"],
+            "name": name,
+            "count": count,
+            "min": json_number(float(low)),
+            "max": json_number(float(high)),
+            "avg": json_number(total / count),
+            "last": json_number(float(last)),
+            "unit": unit,
         }
-        for row in rows
+        for name, count, total, low, high, last, unit in rows
     ]
+
+
+def metrics_total() -> int:
+    """How many readings are stored, from the per-name figures."""
+    return int(_fetch(f"SELECT COALESCE(SUM(count), 0) FROM {derived.STATS}", ())[0][0])
 
 
 def bucket_names() -> dict[str, Any]:

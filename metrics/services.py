@@ -2,17 +2,17 @@
 plain records; changes reach subscribers through `changes`, after commit."""
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from django.db import IntegrityError, connection, transaction
 
-from . import selectors
+from . import derived, selectors
 from .changes import note_change, note_saved
 from .errors import CONFLICT, NOT_FOUND, StoreError
+from .models import Metric
 from .records import Record, from_instance
-from .schema import BUCKETS, BucketSchema, validate_insert, validate_update
+from .schema import BucketSchema, validate_insert, validate_update
 
 
 def _key_text(key: Any) -> str:
@@ -74,6 +74,8 @@ def _clear(bucket: BucketSchema) -> dict[str, bool]:
     table = connection.ops.quote_name(bucket.model._meta.db_table)
     with connection.cursor() as cursor:
         cursor.execute(f"DELETE FROM {table}")  # table name from the model, not the client
+    if bucket.model is Metric:
+        derived.clear()
     note_change(bucket.name, None)
     return {"cleared": True}
 
@@ -149,42 +151,3 @@ def transaction_run(*, operations: list[Operation]) -> dict[str, Any]:
                 raise OperationFailed(index, error) from error
             results.append({"index": index, "data": data})
     return {"results": results}
-
-
-def metrics_prune(*, older_than_ms: int, keep_per_name: int | None, now_ms: int | None = None) -> int:
-    """Deletes metrics whose `timestamp` (the client's, ms since epoch) is more
-    than `older_than_ms` before now, except that the newest `keep_per_name`
-    metrics of each name (by timestamp, then insertion) are kept whatever
-    their age. Returns how many were deleted.
-
-    One DELETE statement, as in `_clear` (Django's collector would load every
-    row to send post_delete), and one change for the whole bucket, so each
-    subscriber gets at most one push for the prune."""
-    if older_than_ms < 0:
-        raise ValueError("older_than_ms must not be negative")
-    if keep_per_name is not None and keep_per_name < 0:
-        raise ValueError("keep_per_name must not be negative")
-    bucket = BUCKETS["metrics"]
-    model = bucket.model
-    cutoff = (now_ms if now_ms is not None else int(time.time() * 1000)) - older_than_ms
-    quote = connection.ops.quote_name
-    table = quote(model._meta.db_table)  # names from the model, never from input
-    seq, name, timestamp = (quote(model._meta.get_field(f).column) for f in ("seq", "name", "timestamp"))
-    if keep_per_name:
-        sql = (
-            f"DELETE FROM {table} WHERE {seq} IN ("
-            f"SELECT ranked.seq FROM (SELECT {seq} AS seq, {timestamp} AS ts, ROW_NUMBER() OVER "
-            f"(PARTITION BY {name} ORDER BY {timestamp} DESC, {seq} DESC) AS rank_in_name FROM {table}) ranked "
-            f"WHERE ranked.ts < %s AND ranked.rank_in_name > %s)"
-        )
-        params: list[Any] = [cutoff, keep_per_name]
-    else:
-        sql = f"DELETE FROM {table} WHERE {timestamp} < %s"
-        params = [cutoff]
-    with transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            deleted = cursor.rowcount
-        if deleted:
-            note_change(bucket.name, None)
-    return deleted

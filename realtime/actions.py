@@ -289,6 +289,7 @@ async def store_subscribe(ctx: Context) -> Any:
     max_params = settings.DASHBOARD["MAX_PARAMS_BYTES"]
     if len(encode(params)) > max_params:
         raise StoreError(VALIDATION_ERROR, f'Invalid "params": at most {max_params} bytes')
+    query.check_params(params)
     subscription_id = consumer.next_subscription_id()
     subscription, initial = await consumer.hub.subscribe(consumer, subscription_id, query, params)
     # No await from here to the reply, so the reply precedes every push.

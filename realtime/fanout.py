@@ -48,6 +48,9 @@ REVOKED_MESSAGE = "session.revoked"
 PROCESS_ID = uuid.uuid4().hex[:16]
 # Re-join the group well before the layer's group expiry could drop us.
 GROUP_REFRESH_SECONDS = 3600
+# How often to look for results that time made stale (sliding windows,
+# whose finest step is 1 s).
+REFRESH_TICK_SECONDS = 0.25
 
 
 def publish_change(sender: Any, changes: dict[str, list[str] | None], **kwargs: Any) -> None:
@@ -143,6 +146,9 @@ class LiveQuery:
     # The JSON of the last round's result; subscriptions that hold this very
     # string are known to be up to date with it.
     last_json: str | None = None
+    # When (ms since epoch) the result goes stale with time alone (a sliding
+    # window), or None.
+    refresh_at: float | None = None
 
 
 def evaluate(live: LiveQuery) -> str:
@@ -150,6 +156,7 @@ def evaluate(live: LiveQuery) -> str:
     store = QueryStore()
     result = live.query.function(store, live.params)
     live.buckets = store.buckets_read
+    live.refresh_at = store.refresh_at
     live.evaluations += 1
     return encode(result)
 
@@ -175,6 +182,8 @@ class Hub:
         self.subscription_count = 0
         self._limiter: RequestLimiter | None = None
         self.pending: set[str] = set()
+        # Live queries whose result went stale with time (sliding windows).
+        self.due: set[tuple[str, str]] = set()
         self.wakeup = asyncio.Event()
         # Serializes every read that feeds a subscription (initial results
         # and re-evaluations), so no push can carry an older result than one a
@@ -208,6 +217,7 @@ class Hub:
                 asyncio.create_task(self._refresh_group(layer), name="hub-refresh"),
                 asyncio.create_task(self._heartbeat(), name="hub-heartbeat"),
                 asyncio.create_task(self._probe(layer), name="hub-probe"),
+                asyncio.create_task(self._refresh_stale(), name="hub-refresh-stale"),
             ]
             if _hears_no_other_process(layer) and settings.DASHBOARD["EXTERNAL_WRITES_POLL_SECONDS"] > 0:
                 self.tasks.append(asyncio.create_task(self._watch_sqlite(), name="hub-watch-sqlite"))
@@ -414,10 +424,25 @@ class Hub:
             finished = loop.time()
             rest_until = finished + (finished - started) * settings.DASHBOARD["FANOUT_REST_RATIO"]
 
+    async def _refresh_stale(self) -> None:
+        """Marks live queries whose result goes stale with time (a sliding
+        window's next step) for the next round. A tick is a scan of the live
+        queries, far cheaper than any evaluation."""
+        while True:
+            await asyncio.sleep(REFRESH_TICK_SECONDS)
+            now = time.time() * 1000
+            for key, live in self.live.items():
+                if live.refresh_at is not None and live.refresh_at <= now:
+                    live.refresh_at = None  # set again by its evaluation
+                    self.due.add(key)
+            if self.due:
+                self.wakeup.set()
+
     async def run_round(self) -> None:
         async with self.lock:
             changed, self.pending = self.pending, set()
-            lives = [live for live in self.live.values() if live.buckets & changed]
+            due, self.due = self.due, set()
+            lives = [live for key, live in self.live.items() if live.buckets & changed or key in due]
             if not lives:
                 return
             self.rounds += 1

@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from metrics import selectors
-from metrics.schema import get_bucket
+from metrics import selectors, series
+from metrics.errors import VALIDATION_ERROR, StoreError, invalid_field
+from metrics.schema import get_bucket, is_number, to_finite_float
 
 from . import fields
 from .errors import QUERY_NOT_DEFINED, ProtocolError
@@ -48,17 +49,33 @@ class BucketReader:
         """Per name: count, min, max, avg, last (newest value) and unit."""
         return selectors.record_stats_by_name(bucket=self._bucket)
 
+    def total(self) -> int:
+        """How many records there are, from the figures writes maintain."""
+        return selectors.metrics_total()
+
+    def series(self, name: str, points: int, window: series.Window) -> series.Series:
+        """One name's readings in time buckets (metrics.series)."""
+        return series.metric_series(name=name, points=points, window=window)
+
 
 class QueryStore:
-    """What a query function reads through; remembers the buckets it touched."""
+    """What a query function reads through; remembers the buckets it touched,
+    and, for a result that goes stale as time passes, when."""
 
     def __init__(self) -> None:
         self.buckets_read: set[str] = set()
+        self.refresh_at: float | None = None
 
     def bucket(self, name: str) -> BucketReader:
         reader = BucketReader(name)
         self.buckets_read.add(name)
         return reader
+
+    def refresh_by(self, at_ms: float | None) -> None:
+        """The result must be evaluated again by `at_ms` (ms since epoch)
+        even if none of its buckets changes."""
+        if at_ms is not None and (self.refresh_at is None or at_ms < self.refresh_at):
+            self.refresh_at = at_ms
 
 
 QueryFunction = Callable[[QueryStore, dict[str, Any]], Any]
@@ -68,14 +85,27 @@ QueryFunction = Callable[[QueryStore, dict[str, Any]], Any]
 class QueryDef:
     name: str
     function: QueryFunction
+    # The params keys the query knows; any other is a VALIDATION_ERROR, so a
+    # client cannot make distinct live queries out of junk keys.
+    params: frozenset[str] = frozenset()
+
+    def check_params(self, params: dict[str, Any]) -> None:
+        unknown = sorted(key for key in params if key not in self.params)
+        if unknown:
+            known = ", ".join(sorted(self.params)) or "none"
+            raise StoreError(
+                VALIDATION_ERROR,
+                f'Unknown param "{unknown[0]}" for query "{self.name}" (known: {known})',
+                [{"field": key, "message": "Unknown param", "code": "unknown"} for key in unknown],
+            )
 
 
 QUERIES: dict[str, QueryDef] = {}
 
 
-def define_query(name: str) -> Callable[[QueryFunction], QueryFunction]:
+def define_query(name: str, params: tuple[str, ...] = ()) -> Callable[[QueryFunction], QueryFunction]:
     def register(function: QueryFunction) -> QueryFunction:
-        QUERIES[name] = QueryDef(name=name, function=function)
+        QUERIES[name] = QueryDef(name=name, function=function, params=frozenset(params))
         return function
 
     return register
@@ -101,22 +131,22 @@ def all_metrics(store: QueryStore, params: dict[str, Any]) -> Any:
     return store.bucket("metrics").all()
 
 
-@define_query("metrics-by-name")
+@define_query("metrics-by-name", params=("name",))
 def metrics_by_name(store: QueryStore, params: dict[str, Any]) -> Any:
     return store.bucket("metrics").where({"name": param_string(params, "name")})
 
 
 @define_query("metric-count")
 def metric_count(store: QueryStore, params: dict[str, Any]) -> Any:
-    return store.bucket("metrics").count()
+    return store.bucket("metrics").total()
 
 
-@define_query("latest-metrics")
+@define_query("latest-metrics", params=("n",))
 def latest_metrics(store: QueryStore, params: dict[str, Any]) -> Any:
     return store.bucket("metrics").last(param_positive_int(params, "n"))
 
 
-@define_query("latest-metrics-by-name")
+@define_query("latest-metrics-by-name", params=("name", "n"))
 def latest_metrics_by_name(store: QueryStore, params: dict[str, Any]) -> Any:
     """The newest n readings of one name, oldest first: a chart's window
     without sending the name's whole history on every push."""
@@ -132,3 +162,36 @@ def active_alerts(store: QueryStore, params: dict[str, Any]) -> Any:
 @define_query("metric-stats")
 def metric_stats(store: QueryStore, params: dict[str, Any]) -> Any:
     return store.bucket("metrics").stats_by_name()
+
+
+def _param_ms(params: dict[str, Any], name: str, *, positive: bool = False) -> float:
+    value = params.get(name)
+    number = to_finite_float(value) if is_number(value) else None
+    if number is None or abs(number) > series.MAX_ABS_MS or (positive and number <= 0):
+        what = "positive number of ms" if positive else "finite number (ms since epoch)"
+        raise invalid_field(name, f"{what} up to {series.MAX_ABS_MS:.0f}")
+    return number
+
+
+@define_query("metric-series", params=("name", "points", "from", "to", "last"))
+def metric_series(store: QueryStore, params: dict[str, Any]) -> Any:
+    """One name's readings in at most `points` step-aligned buckets over a
+    fixed range ({from, to}) or a window ending now ({last}) that slides."""
+    name = param_string(params, "name")
+    raw_points = params.get("points")
+    points = to_finite_float(raw_points) if is_number(raw_points) else None
+    if points is None or not points.is_integer() or not 1 <= points <= series.MAX_POINTS:
+        raise invalid_field("points", f"integer from 1 to {series.MAX_POINTS}")
+    fixed = "from" in params or "to" in params
+    if fixed == ("last" in params):
+        raise StoreError(VALIDATION_ERROR, 'metric-series needs either "from" and "to", or "last"')
+    if fixed:
+        start, end = _param_ms(params, "from"), _param_ms(params, "to")
+        if start > end:
+            raise StoreError(VALIDATION_ERROR, 'Invalid "to": must not be before "from"')
+        window = series.Window(start=start, end=end)
+    else:
+        window = series.Window(last=_param_ms(params, "last", positive=True))
+    result = store.bucket("metrics").series(name, int(points), window)
+    store.refresh_by(result.refresh_at)
+    return result.data

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from django.db import transaction
 
-from metrics import services
+from metrics import retention, services
 from metrics.changes import records_changed
 from metrics.durations import format_duration, parse_duration
 from metrics.schema import BUCKETS
@@ -213,7 +213,7 @@ def remaining() -> list[str]:
 def test_prune_deletes_older_rows_and_publishes_one_change(published):
     keys = insert_ages([("cpu", 10), ("cpu", 8), ("cpu", 1), ("mem", 9), ("mem", 7.5), ("disk", 0)])
     published.clear()
-    deleted = services.metrics_prune(older_than_ms=7 * DAY_MS, keep_per_name=None, now_ms=NOW)
+    deleted = retention.prune_raw(older_than_ms=7 * DAY_MS, keep_per_name=None, now_ms=NOW)
     assert deleted == 4
     assert remaining() == [keys[2], keys[5]]
     assert published == [{"metrics": None}]
@@ -225,7 +225,7 @@ def test_prune_keeps_newest_per_name_by_timestamp_whatever_their_age(published):
     keys = insert_ages([("cpu", 8), ("cpu", 10), ("cpu", 9), ("cpu", 1),
                         ("mem", 30), ("mem", 20), ("disk", 100)])
     published.clear()
-    deleted = services.metrics_prune(older_than_ms=7 * DAY_MS, keep_per_name=2, now_ms=NOW)
+    deleted = retention.prune_raw(older_than_ms=7 * DAY_MS, keep_per_name=2, now_ms=NOW)
     # cpu keeps 1 day (recent anyway) and 8 days (second newest); mem keeps
     # both; disk keeps its only one.
     assert deleted == 2
@@ -237,7 +237,7 @@ def test_prune_keeps_newest_per_name_by_timestamp_whatever_their_age(published):
 def test_prune_with_nothing_to_delete_publishes_nothing(published):
     insert_ages([("cpu", 1)])
     published.clear()
-    assert services.metrics_prune(older_than_ms=7 * DAY_MS, keep_per_name=1, now_ms=NOW) == 0
+    assert retention.prune_raw(older_than_ms=7 * DAY_MS, keep_per_name=1, now_ms=NOW) == 0
     assert published == []
 
 
@@ -248,7 +248,7 @@ def test_prune_inside_a_rolled_back_transaction_deletes_and_publishes_nothing(
     published.clear()
     with pytest.raises(RuntimeError):
         with transaction.atomic():
-            assert services.metrics_prune(older_than_ms=DAY_MS, keep_per_name=None, now_ms=NOW) == 1
+            assert retention.prune_raw(older_than_ms=DAY_MS, keep_per_name=None, now_ms=NOW) == 1
             raise RuntimeError("roll back")
     assert len(remaining()) == 1 and published == []
 
@@ -280,7 +280,11 @@ async def test_prune_metrics_command_pushes_once(redis_server, open_dashboard_cl
 
     code, out, err = await redis_server.manage_async("prune_metrics", "--older-than", "7d", "--keep-per-name", "1")
     assert code == 0, err
-    assert out == "deleted 3 metric(s) older than 7d, keeping the newest 1 per name\n"
+    assert out == (
+        "deleted 3 metric(s) older than 7d, keeping the newest 1 per name\n"
+        "tier buckets deleted: 10s: 4 older than 7d, 1m: 0 older than 90d, 10m: 0 older than 365d, "
+        "1h: kept for ever, 1d: kept for ever\n"
+    )
 
     await cpu_sub.wait_for(lambda data: len(data) == 1, TIMEOUT)
     await viewer.subscriptions[0].wait_for(lambda n: n == 2, TIMEOUT)

@@ -371,7 +371,7 @@ async def test_stats(admin, connect):
             "buckets": {"count": 2, "names": ["metrics", "alerts"]},
             "records": {"total": metrics + alerts, "perBucket": {"metrics": metrics, "alerts": alerts}},
             "indexes": {"total": 1, "perBucket": {"metrics": 1, "alerts": 0}},
-            "queries": {"defined": 7, "activeSubscriptions": subscriptions},
+            "queries": {"defined": 8, "activeSubscriptions": subscriptions},
             "persistence": {"enabled": True},
             "ttl": {"enabled": False, "checkIntervalMs": 0},
         }
