@@ -18,6 +18,7 @@ readings.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -57,12 +58,8 @@ ROLLUP = MetricRollup._meta.db_table
 HORIZON = MetricHorizon._meta.db_table
 
 
-def _least() -> str:
-    # Two-argument min/max: SQLite's scalar MIN/MAX, PostgreSQL's LEAST/GREATEST.
-    return "LEAST" if connection.vendor == "postgresql" else "MIN"
-
-
 def _greatest() -> str:
+    # Two-argument max: SQLite's scalar MAX, PostgreSQL's GREATEST.
     return "GREATEST" if connection.vendor == "postgresql" else "MAX"
 
 
@@ -84,40 +81,44 @@ class Reading:
 # --- one reading at a time (model signals) --------------------------------------
 
 
+@functools.cache
+def _add_statements(vendor: str) -> tuple[str, str]:
+    """The two upserts of a new reading, per database (built once: they run
+    on every insert)."""
+    least, greatest = ("LEAST", "GREATEST") if vendor == "postgresql" else ("MIN", "MAX")
+    newer = f"excluded.last_seq > {STATS}.last_seq"
+    stats = (
+        f"INSERT INTO {STATS} (name, count, sum, min, max, last_seq, last_value, last_unit) "
+        f"VALUES (%s, 1, %s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO UPDATE SET "
+        f"count = {STATS}.count + 1, sum = {STATS}.sum + excluded.sum, "
+        f"min = {least}({STATS}.min, excluded.min), max = {greatest}({STATS}.max, excluded.max), "
+        f"last_seq = CASE WHEN {newer} THEN excluded.last_seq ELSE {STATS}.last_seq END, "
+        f"last_value = CASE WHEN {newer} THEN excluded.last_value ELSE {STATS}.last_value END, "
+        f"last_unit = CASE WHEN {newer} THEN excluded.last_unit ELSE {STATS}.last_unit END"
+    )
+    rows = ", ".join(["(%s, %s, %s, 1, %s, %s, %s)"] * len(TIERS))
+    tiers = (
+        f"INSERT INTO {ROLLUP} (name, resolution, start, count, sum, min, max) VALUES {rows} "
+        f"ON CONFLICT (name, resolution, start) DO UPDATE SET "
+        f"count = {ROLLUP}.count + excluded.count, sum = {ROLLUP}.sum + excluded.sum, "
+        f"min = {least}({ROLLUP}.min, excluded.min), max = {greatest}({ROLLUP}.max, excluded.max)"
+    )
+    return stats, tiers
+
+
 def reading_added(reading: Reading) -> None:
-    """Adds a stored reading to the per-name figures and every tier."""
-    least, greatest = _least(), _greatest()
+    """Adds a stored reading to the per-name figures and every tier: one
+    upsert each."""
+    stats, tiers = _add_statements(connection.vendor)
+    name, value = reading.name, reading.value
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {STATS} (name, count, sum, min, max, last_seq, last_value, last_unit) "
-            f"VALUES (%s, 1, %s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO UPDATE SET "
-            f"count = {STATS}.count + 1, sum = {STATS}.sum + excluded.sum, "
-            f"min = {least}({STATS}.min, excluded.min), max = {greatest}({STATS}.max, excluded.max), "
-            f"last_seq = CASE WHEN excluded.last_seq > {STATS}.last_seq THEN excluded.last_seq ELSE {STATS}.last_seq END, "
-            f"last_value = CASE WHEN excluded.last_seq > {STATS}.last_seq THEN excluded.last_value ELSE {STATS}.last_value END, "
-            f"last_unit = CASE WHEN excluded.last_seq > {STATS}.last_seq THEN excluded.last_unit ELSE {STATS}.last_unit END",
-            [reading.name, reading.value, reading.value, reading.value, reading.seq, reading.value, reading.unit],
-        )
+        cursor.execute(stats, [name, value, value, value, reading.seq, value, reading.unit])
         if bucketed(reading.timestamp):
-            rows = [(reading.name, res, bucket_start(reading.timestamp, res), 1, reading.value, reading.value,
-                     reading.value) for res in TIERS]
-            _upsert_rollups(cursor, rows)
-
-
-def _upsert_rollups(cursor: Any, rows: list[tuple]) -> None:
-    """Adds (name, resolution, start, count, sum, min, max) rows to the tiers;
-    each (name, resolution, start) at most once per call."""
-    least, greatest = _least(), _greatest()
-    for first in range(0, len(rows), 150):  # under SQLite's bound-parameter limit
-        chunk = rows[first : first + 150]
-        values = ", ".join(["(%s, %s, %s, %s, %s, %s, %s)"] * len(chunk))
-        cursor.execute(
-            f"INSERT INTO {ROLLUP} (name, resolution, start, count, sum, min, max) VALUES {values} "
-            f"ON CONFLICT (name, resolution, start) DO UPDATE SET "
-            f"count = {ROLLUP}.count + excluded.count, sum = {ROLLUP}.sum + excluded.sum, "
-            f"min = {least}({ROLLUP}.min, excluded.min), max = {greatest}({ROLLUP}.max, excluded.max)",
-            [value for row in chunk for value in row],
-        )
+            floor = math.floor(reading.timestamp)
+            params: list[Any] = []
+            for res in TIERS:
+                params += (name, res, (floor // res) * res, value, value, value)
+            cursor.execute(tiers, params)
 
 
 def reading_removed(reading: Reading) -> None:

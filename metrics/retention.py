@@ -110,9 +110,9 @@ def prune_raw(*, older_than_ms: float, keep_per_name: int | None = None, now_ms:
     for name in _names():
         for seqs in _candidates(name, cutoff, keep_per_name, batch):
             pending += seqs
-            if len(pending) >= batch:
-                deleted += _delete_batch(pending, cutoff)
-                pending = []
+            while len(pending) >= batch:  # never more than `batch` rows in one transaction
+                deleted += _delete_batch(pending[:batch], cutoff)
+                pending = pending[batch:]
     if pending:
         deleted += _delete_batch(pending, cutoff)
     with transaction.atomic():

@@ -303,10 +303,6 @@ def keys_of(*readings: Metric) -> list[str]:
     return [m.key for m in readings]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "server bug: retention.prune_raw carries the last short batch of one name into the next name's "
-    "first batch and deletes them together, so a transaction holds up to 2 * batch - 1 rows "
-    "(here 3 with batch=2: sizes [2, 3, 2]); --batch-size promises rows per transaction"))
 @pytest.mark.django_db(transaction=True)
 def test_prune_raw_deletes_in_batches_of_at_most_batch_size_each_its_own_transaction(batches):
     # 7 old readings (cpu 3, mem 4) and one recent reading of each name.
