@@ -1,11 +1,14 @@
 """Regenerates docs/dashboard.png: a populated dashboard, as an admin sees it at 1280x720.
 
 Starts a server of its own (fresh SQLite database in a temporary directory),
-fills it with half an hour of readings of six metrics and a few alerts over
-the protocol, opens the page in Debian's headless Chromium and saves a
+fills it with an hour of readings of six metrics (the charts' default range;
+`disk_io` has a four-minute outage, drawn as a gap) and a few alerts over the
+protocol, opens the page in Debian's headless Chromium and saves a
 screenshot. Needs the dev requirements and /usr/bin/chromium:
 
-    .venv/bin/python docs/make_screenshot.py [output.png]
+    .venv/bin/python docs/make_screenshot.py [output.png] [--phone]
+
+With --phone it shows the page at 390x844 instead, scrolled to the charts.
 """
 from __future__ import annotations
 
@@ -24,12 +27,14 @@ from tests.servers import LiveServer  # noqa: E402
 
 OUTPUT = Path(__file__).resolve().parent / "dashboard.png"
 VIEWPORT = {"width": 1280, "height": 720}
-READINGS = 180  # per metric: one every 10 s for half an hour
+PHONE = {"width": 390, "height": 844}
+READINGS = 360  # per metric: one every 10 s for an hour
+OUTAGE = ("disk_io", range(250, 274))  # readings left out: four minutes without data
 
 # name, unit, baseline, daily-ish swing, noise, lower bound
 METRICS = [
     ("cpu", "%", 48, 22, 6, 0),
-    ("memory", "MB", 6100, 700, 60, 0),
+    ("memory", "B", 6.1e9, 7e8, 6e7, 0),
     ("latency_p95", "ms", 180, 60, 25, 5),
     ("requests", "req/s", 950, 300, 70, 0),
     ("disk_io", "MB/s", 42, 18, 9, 0),
@@ -43,7 +48,9 @@ def readings(now_ms: int) -> list[dict]:
     for i in range(READINGS):
         t = now_ms - (READINGS - 1 - i) * 10_000
         for k, (name, unit, base, swing, noise, floor) in enumerate(METRICS):
-            wave = math.sin(i / 28 + k) + 0.35 * math.sin(i / 7.5 + 2 * k)
+            if name == OUTAGE[0] and i in OUTAGE[1]:
+                continue
+            wave = math.sin(i / 56 + k) + 0.35 * math.sin(i / 15 + 2 * k)
             value = max(floor, base + swing * wave + rng.gauss(0, noise))
             rows.append({"name": name, "value": round(value, 1), "unit": unit, "timestamp": t})
     return rows
@@ -70,13 +77,13 @@ async def populate(server: LiveServer) -> None:
         await admin.close()
 
 
-async def screenshot(server: LiveServer, output: Path) -> None:
+async def screenshot(server: LiveServer, output: Path, phone: bool = False) -> None:
     from playwright.async_api import async_playwright
 
     async with async_playwright() as playwright:
         browser = await launch_chromium(playwright)
         try:
-            page = await browser.new_page(viewport=VIEWPORT)
+            page = await browser.new_page(viewport=PHONE if phone else VIEWPORT)
             await page.goto(f"{server.http}/#token=admin-token")
             await page.wait_for_selector('#connection[data-state="live"]')
             await page.wait_for_function(
@@ -84,6 +91,8 @@ async def screenshot(server: LiveServer, output: Path) -> None:
                 " && document.querySelectorAll('#latest tr').length > 0"
                 " && document.querySelectorAll('#alerts li').length === 4"
             )
+            if phone:
+                await page.locator("#tiles .tile").nth(4).scroll_into_view_if_needed()
             # Let the last frame (and the table's arrival highlight) settle.
             await page.wait_for_timeout(2000)
             await page.screenshot(path=str(output))
@@ -92,14 +101,16 @@ async def screenshot(server: LiveServer, output: Path) -> None:
 
 
 def main() -> None:
-    output = Path(sys.argv[1]) if len(sys.argv) > 1 else OUTPUT
+    args = [arg for arg in sys.argv[1:] if arg != "--phone"]
+    phone = "--phone" in sys.argv[1:]
+    output = Path(args[0]) if args else OUTPUT
     with tempfile.TemporaryDirectory(prefix="dashboard-shot-") as workdir:
         server = LiveServer(Path(workdir))
         server.prepare()
         server.start()
         try:
             asyncio.run(populate(server))
-            asyncio.run(screenshot(server, output))
+            asyncio.run(screenshot(server, output, phone))
         finally:
             server.stop()
     print(f"wrote {output}")

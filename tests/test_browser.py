@@ -12,7 +12,9 @@ skip, except under CI=true, where they fail.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -117,8 +119,9 @@ def metric(name: str, value: float, unit: str = "%", timestamp: int | None = Non
     return {"name": name, "value": value, "unit": unit, "timestamp": timestamp or int(time.time() * 1000)}
 
 
-# Everything a push of one metric must change on a page, checked at once.
-SHOWS_METRIC = """([name, value, count]) => {
+# Everything a push of one metric must change on a page, checked at once:
+# `readings` is how many readings of that name the chart's series holds.
+SHOWS_METRIC = """([name, value, count, readings]) => {
   const tile = document.querySelector(`#tiles .tile[data-name="${name}"]`);
   const chart = document.querySelector(`#charts .chart-card[data-name="${name}"]`);
   const row = document.querySelector("#latest tr");
@@ -126,25 +129,71 @@ SHOWS_METRIC = """([name, value, count]) => {
     && row !== null && row.querySelector(".name").textContent === name
     && row.querySelector(".value").textContent === String(value)
     && tile !== null && tile.querySelector('[data-field="last"]').textContent === String(value)
-    && chart !== null && chart.dataset.last === String(value);
+    && chart !== null && chart.dataset.readings === String(readings);
 }"""
+
+
+# --- charts: metric-series over the chosen time range -----------------------------
+
+MINUTE_MS = 60_000
+HOUR_MS = 60 * MINUTE_MS
+DAY_MS = 24 * HOUR_MS
+
+# Each chart's subscription and the result it drew, by name.
+CHART_STATES = """() => Object.fromEntries([...document.querySelectorAll('#charts .chart-card')].map((c) => {
+  const d = c.dataset;
+  return [d.name, {
+    params: JSON.parse(d.params), from: +d.from, to: +d.to, step: +d.step, points: +d.points,
+    readings: +d.readings, gaps: JSON.parse(d.gaps), nulls: +d.nulls, xMin: +d.xMin, xMax: +d.xMax,
+  }];
+}))"""
+
+# Whether every chart subscribed to `range` ({last} or {from, to}) and drew
+# the result of that subscription over its range.
+SHOWS_RANGE = """(range) => {
+  const cards = [...document.querySelectorAll('#charts .chart-card')];
+  return cards.length > 0 && cards.every((c) => {
+    const d = c.dataset;
+    if (!d.params || d.from === undefined || d.xMin === undefined) return false;
+    const p = JSON.parse(d.params);
+    const [from, to, step] = [+d.from, +d.to, +d.step];
+    const drawn = +d.xMin === from && +d.xMax === to;
+    if ("last" in range) {
+      return p.last === range.last && !("from" in p) && Math.abs(to - from - range.last) <= step && drawn;
+    }
+    return p.from === range.from && p.to === range.to && !("last" in p) && from === range.from && to === range.to && drawn;
+  });
+}"""
+
+
+def buckets_of(timestamps: list[int], step: int) -> tuple[list[int], list[list[int]]]:
+    """The step-aligned buckets that readings at `timestamps` fall in, and the
+    gaps between them ([end of a bucket, start of the next one after it])."""
+    starts = sorted({ts // step * step for ts in timestamps})
+    gaps = [[a + step, b] for a, b in zip(starts, starts[1:]) if b - a > step]
+    return starts, gaps
+
+
+async def plot_box(page: Any, name: str) -> dict:
+    """The plotting area of a chart (uPlot's overlay), in page pixels."""
+    return await page.locator(f'#charts .chart-card[data-name="{name}"] .u-over').bounding_box()
 
 
 async def test_viewer_page_shows_a_push_from_another_client_within_one_second(admin, open_page):
     await admin.ok("store.insert", bucket="metrics", data=metric("cpu", 10))
     page = await open_page("viewer-token")
-    await page.wait_for_function(SHOWS_METRIC, arg=["cpu", "10", 1])
+    await page.wait_for_function(SHOWS_METRIC, arg=["cpu", "10", 1, 1])
     await page.evaluate("window.notReloaded = true")
 
     await admin.ok("store.insert", bucket="metrics", data=metric("cpu", 72.5))
-    await page.wait_for_function(SHOWS_METRIC, arg=["cpu", "72.5", 2], timeout=1000)
+    await page.wait_for_function(SHOWS_METRIC, arg=["cpu", "72.5", 2, 2], timeout=1000)
 
     assert await page.evaluate("window.notReloaded") is True
     tile = page.locator('#tiles .tile[data-name="cpu"]')
     assert await tile.locator("dd").all_inner_texts() == ["10", "72.5", "41.25", "2"]  # min max avg count
     assert await tile.locator('[data-field="unit"]').inner_text() == "%"
     chart = page.locator('#charts .chart-card[data-name="cpu"]')
-    assert await chart.get_attribute("data-points") == "2"
+    assert await chart.get_attribute("data-query") == "metric-series"
     assert await chart.get_attribute("data-axis-label") == "value (%)"
     assert await page.locator("#latest tr").count() == 2
 
@@ -161,7 +210,7 @@ async def test_admin_form_pushes_a_metric_that_a_viewer_page_sees(admin, open_pa
     await admin_page.get_by_label("Unit", exact=True).fill("GB")
     await admin_page.get_by_role("button", name="Push metric").click()
     await expect(admin_page.locator("#admin-status")).to_have_text("Pushed disk = 41.5 GB")
-    await viewer.wait_for_function(SHOWS_METRIC, arg=["disk", "41.5", 1], timeout=1000)
+    await viewer.wait_for_function(SHOWS_METRIC, arg=["disk", "41.5", 1, 1], timeout=1000)
     [stored] = await admin.ok("store.all", bucket="metrics")
     assert (stored["name"], stored["value"], stored["unit"]) == ("disk", 41.5, "GB")
 
@@ -248,7 +297,7 @@ async def test_page_reconnects_and_resubscribes_after_a_server_restart(server, a
 
     await admin.ok("store.insert", bucket="metrics", data=metric("cpu", 5))
     page = await open_page("viewer-token")
-    await page.wait_for_function(SHOWS_METRIC, arg=["cpu", "5", 1])
+    await page.wait_for_function(SHOWS_METRIC, arg=["cpu", "5", 1, 1])
     connection = page.locator("#connection")
     assert await connection.get_attribute("data-connects") == "1"
 
@@ -265,7 +314,7 @@ async def test_page_reconnects_and_resubscribes_after_a_server_restart(server, a
     again = await ProtocolClient.open(server.ws, "admin-token")
     try:
         await again.ok("store.insert", bucket="metrics", data=metric("cpu", 6))
-        await page.wait_for_function(SHOWS_METRIC, arg=["cpu", "6", 2], timeout=1000)
+        await page.wait_for_function(SHOWS_METRIC, arg=["cpu", "6", 2, 2], timeout=1000)
         await again.ok("store.insert", bucket="alerts", data={"metric": "cpu", "threshold": 5, "timestamp": 1})
         await expect(page.locator("#alerts li")).to_have_count(1)
     finally:
@@ -315,9 +364,8 @@ async def test_ten_thousand_metrics_bounded_windows_and_incremental_updates(admi
 
     names = ["cpu", "disk", "memory", "net", "temp"]
     start = int(time.time() * 1000) - 10_000 * 1000
-    await admin.insert_metrics(
-        [metric(names[i % 5], i % 97, "u", start + i * 1000) for i in range(10_000)], batch=1000
-    )
+    readings = [metric(names[i % 5], i % 97, "u", start + i * 1000) for i in range(10_000)]
+    await admin.insert_metrics(readings, batch=1000)
 
     began = time.monotonic()
     page = await open_page("viewer-token")
@@ -325,26 +373,40 @@ async def test_ten_thousand_metrics_bounded_windows_and_incremental_updates(admi
     await expect(page.locator("#charts .chart-card[data-points]")).to_have_count(4)
     loaded = time.monotonic() - began
 
-    # Bounded windows: n table rows, 500 points per chart (of 2,000 readings
-    # per name, and only those 500 are sent), one tile per name.
+    # Bounded windows: n table rows, one tile per name, and per chart at most
+    # the points it asked for, holding every reading of its name in the hour shown.
     assert await page.locator("#latest tr").count() == 12
-    for card in await page.locator("#charts .chart-card").all():
-        assert (await card.get_attribute("data-points"), await card.get_attribute("data-received")) == ("500", "500")
     assert await page.locator("#tiles .tile").count() == 5
+    for name, state in (await page.evaluate(CHART_STATES)).items():
+        in_range = [r for r in readings if r["name"] == name and state["from"] <= r["timestamp"] < state["to"]]
+        assert state["params"]["last"] == HOUR_MS
+        assert (state["readings"], state["points"] <= state["params"]["points"]) == (len(in_range), True), state
     assert await page.evaluate("document.getElementsByTagName('*').length") < 1000
+
+    # A fixed range over all of them, remembered by the tab: 2,000 readings
+    # per chart, still in no more points than it asked for.
+    fixed = {"from": start, "to": start + 10_060_000, "back": HOUR_MS}
+    await page.evaluate("(range) => sessionStorage.setItem('dashboard.range', JSON.stringify(range))", fixed)
+    await page.reload()
+    await wait_live_page(page)
+    await page.wait_for_function(SHOWS_RANGE, arg=fixed)
+    states = await page.evaluate(CHART_STATES)
+    assert {name: s["readings"] for name, s in states.items()} == {name: 2000 for name in names[:4]}
+    assert all(0 < s["points"] <= s["params"]["points"] for s in states.values()), states
 
     # The viewer picks n: the table follows.
     await page.get_by_label("Rows").fill("30")
     await expect(page.locator("#latest tr")).to_have_count(30)
 
-    # A push touches what changed: the other rows, tiles and charts stay as they are.
+    # A push touches what changed: the other rows, tiles and charts stay as
+    # they are (a fixed range does not slide, so nothing else redraws them).
     await page.evaluate("""() => {
       window.kept = [...document.querySelectorAll('#latest tr, #tiles .tile')];
       window.rendersBefore = Object.fromEntries(
         [...document.querySelectorAll('#charts .chart-card')].map(c => [c.dataset.name, c.dataset.renders]));
     }""")
     await admin.ok("store.insert", bucket="metrics", data=metric("cpu", 123.25, "u", start + 10_000 * 1000))
-    await page.wait_for_function(SHOWS_METRIC, arg=["cpu", "123.25", "10,001"], timeout=1000)
+    await page.wait_for_function(SHOWS_METRIC, arg=["cpu", "123.25", "10,001", 2001], timeout=1000)
     kept = await page.evaluate("""() => ({
       rows: window.kept.filter(e => e.tagName === 'TR' && e.isConnected).length,
       tiles: window.kept.filter(e => e.tagName === 'ARTICLE' && e.isConnected).length,
@@ -359,6 +421,245 @@ async def test_ten_thousand_metrics_bounded_windows_and_incremental_updates(admi
         k: v for k, v in kept["before"].items() if k != "cpu"
     }
     assert loaded < 10, f"the page took {loaded:.1f} s to show 10,000 metrics"
+
+
+async def test_charts_subscribe_to_metric_series_over_the_last_hour(admin, open_page):
+    now = int(time.time() * 1000)
+    # Every 7 s for the last 3.5 minutes, and one reading 2 hours ago, outside the hour.
+    stamps = [now - 210_000 + i * 7_000 for i in range(30)]
+    await admin.insert_metrics([metric("cpu", i, "%", ts) for i, ts in enumerate(stamps)])
+    await admin.ok("store.insert", bucket="metrics", data=metric("cpu", 99, "%", now - 2 * HOUR_MS))
+    page = await open_page("viewer-token")
+    await page.wait_for_function(SHOWS_RANGE, arg={"last": HOUR_MS})
+
+    state = (await page.evaluate(CHART_STATES))["cpu"]
+    box = await plot_box(page, "cpu")
+    step = state["step"]
+    starts, gaps = buckets_of(stamps, step)
+    # About one point per two pixels of plot width.
+    assert abs(state["params"]["points"] - box["width"] / 2) <= 1, (state, box)
+    assert state == {
+        "params": {"name": "cpu", "points": state["params"]["points"], "last": HOUR_MS},
+        "from": state["from"],
+        "to": state["to"],
+        "step": step,
+        "points": len(starts),
+        "readings": 30,
+        "gaps": gaps,
+        "nulls": len(gaps),
+        "xMin": state["from"],
+        "xMax": state["to"],
+    }
+    assert (state["from"] % step, state["to"] % step, state["to"] > stamps[-1]) == (0, 0, True)
+    assert await page.locator("#range-hint").inner_text() == "(last 1 h, live)"
+    assert await page.locator("#range-picker [aria-pressed=true]").all_inner_texts() == ["1 h"]
+
+
+async def test_a_preset_or_a_narrower_chart_changes_every_charts_subscription(server, admin, open_page):
+    from playwright.async_api import expect
+
+    now = int(time.time() * 1000)
+    await admin.insert_metrics([metric(name, 1, "%", now - 1000) for name in ("cpu", "memory")])
+    page = await open_page("viewer-token")
+    await page.wait_for_function(SHOWS_RANGE, arg={"last": HOUR_MS})
+
+    await page.get_by_role("button", name="5 min").click()
+    await page.wait_for_function(SHOWS_RANGE, arg={"last": 5 * MINUTE_MS})
+    await expect(page.locator("#range-hint")).to_have_text("(last 5 min, live)")
+    assert await page.locator("#range-picker [aria-pressed=true]").all_inner_texts() == ["5 min"]
+    states = await page.evaluate(CHART_STATES)
+    assert {name: s["readings"] for name, s in states.items()} == {"cpu": 1, "memory": 1}
+
+    # The tab remembers it.
+    await page.reload()
+    await wait_live_page(page)
+    await page.wait_for_function(SHOWS_RANGE, arg={"last": 5 * MINUTE_MS})
+    await page.get_by_role("button", name="7 d").click()
+    await page.wait_for_function(SHOWS_RANGE, arg={"last": 7 * DAY_MS})
+    await expect(page.locator("#range-hint")).to_have_text("(last 7 d, live)")
+
+    # On a narrower screen the charts stack, one to a row and wider: each
+    # asks again, for as many points as its new width holds.
+    before = (await page.evaluate(CHART_STATES))["cpu"]["params"]["points"]
+    await page.set_viewport_size({"width": 700, "height": 720})
+    await page.wait_for_function(
+        """(before) => [...document.querySelectorAll('#charts .chart-card')].every((c) => {
+          const points = JSON.parse(c.dataset.params).points;
+          const width = c.querySelector('.u-over').getBoundingClientRect().width;
+          return points > before * 1.2 && Math.abs(points - width / 2) <= 1;
+        })""",
+        arg=before,
+    )
+    await page.wait_for_function(SHOWS_RANGE, arg={"last": 7 * DAY_MS})
+
+
+async def test_dragging_across_a_chart_picks_a_fixed_range_until_back_to_live(admin, open_page):
+    from playwright.async_api import expect
+
+    now = int(time.time() * 1000)
+    await admin.insert_metrics(
+        [metric(name, i, "%", now - 50 * MINUTE_MS + i * MINUTE_MS) for i in range(50) for name in ("cpu", "memory")]
+    )
+    page = await open_page("viewer-token")
+    await page.wait_for_function(SHOWS_RANGE, arg={"last": HOUR_MS})
+    before = (await page.evaluate(CHART_STATES))["memory"]
+    box = await plot_box(page, "memory")
+
+    # Drag from a quarter to three quarters of the memory chart's width.
+    y = box["y"] + box["height"] / 2
+    await page.mouse.move(box["x"] + box["width"] * 0.25, y)
+    await page.mouse.down()
+    await page.mouse.move(box["x"] + box["width"] * 0.75, y, steps=8)
+    await page.mouse.up()
+
+    per_px = (before["xMax"] - before["xMin"]) / box["width"]
+    # The page picks the range once the drag ends (then every chart resubscribes).
+    changed = await page.wait_for_function(
+        """() => { const p = document.querySelector('#charts .chart-card[data-name="cpu"]').dataset.params;
+                   return "from" in JSON.parse(p) && p; }"""
+    )
+    params = json.loads(await changed.json_value())
+    fixed = {"from": params["from"], "to": params["to"]}
+    expected_from = before["xMin"] + 0.25 * (before["xMax"] - before["xMin"])
+    expected_to = before["xMin"] + 0.75 * (before["xMax"] - before["xMin"])
+    assert abs(fixed["from"] - expected_from) <= 2 * per_px and abs(fixed["to"] - expected_to) <= 2 * per_px, fixed
+    # Every chart shows that range, fixed: the result echoes it.
+    await page.wait_for_function(SHOWS_RANGE, arg=fixed)
+    states = await page.evaluate(CHART_STATES)
+    in_range = len([i for i in range(50) if fixed["from"] <= now - 50 * MINUTE_MS + i * MINUTE_MS <= fixed["to"]])
+    assert {name: s["readings"] for name, s in states.items()} == {"cpu": in_range, "memory": in_range}
+    picker = page.locator("#range-picker")
+    await expect(picker).to_have_attribute("data-range", "fixed")
+    assert await picker.locator("[aria-pressed=true]").count() == 0
+    await expect(page.locator("#range-hint")).to_contain_text("fixed")
+
+    # Remembered by the tab too; then back to the live hour.
+    await page.reload()
+    await wait_live_page(page)
+    await page.wait_for_function(SHOWS_RANGE, arg=fixed)
+    await page.get_by_role("button", name="Back to live (1 h)").click()
+    await page.wait_for_function(SHOWS_RANGE, arg={"last": HOUR_MS})
+    await expect(picker).to_have_attribute("data-range", "live")
+    await expect(page.get_by_role("button", name="Back to live (1 h)")).to_be_hidden()
+    assert await picker.locator("[aria-pressed=true]").all_inner_texts() == ["1 h"]
+
+
+async def test_an_outage_between_two_bursts_is_drawn_as_a_gap(admin, open_page):
+    now = int(time.time() * 1000)
+    # Two bursts of ten seconds, a reading every 250 ms, three minutes apart.
+    first = [now - 240_000 + i * 250 for i in range(40)]
+    second = [now - 60_000 + i * 250 for i in range(40)]
+    await admin.insert_metrics([metric("cpu", 10 + i % 7, "%", ts) for i, ts in enumerate(first + second)])
+    page = await open_page("viewer-token")
+    await page.wait_for_function(SHOWS_RANGE, arg={"last": HOUR_MS})
+    await page.get_by_role("button", name="5 min").click()
+    await page.wait_for_function(SHOWS_RANGE, arg={"last": 5 * MINUTE_MS})
+
+    state = (await page.evaluate(CHART_STATES))["cpu"]
+    starts, gaps = buckets_of(first + second, state["step"])
+    outage = [first[-1] // state["step"] * state["step"] + state["step"], second[0] // state["step"] * state["step"]]
+    assert outage in gaps, (outage, gaps, state)
+    # The chart was given a null in every gap, and only there.
+    assert (state["points"], state["readings"], state["gaps"], state["nulls"]) == (len(starts), 80, gaps, len(gaps))
+
+
+async def test_bytes_are_scaled_and_the_readout_follows_the_pointer(admin, open_page):
+    from playwright.async_api import expect
+
+    now = int(time.time() * 1000)
+    await admin.insert_metrics(
+        [metric("disk.used", 1536, "B", now - 20 * MINUTE_MS), metric("net.rx", 3 * 1024**2, "bytes/s", now - 1000)]
+    )
+    page = await open_page("viewer-token")
+    await page.wait_for_function(SHOWS_RANGE, arg={"last": HOUR_MS})
+
+    tile = page.locator('#tiles .tile[data-name="disk.used"]')
+    assert await tile.locator(".tile-last").inner_text() == "1.5 KiB"
+    assert await tile.locator("dd").all_inner_texts() == ["1.5 KiB", "1.5 KiB", "1.5 KiB", "1"]
+    net = page.locator('#tiles .tile[data-name="net.rx"]')
+    assert await net.locator(".tile-last").inner_text() == "3 MiB/s"
+    rows = await page.locator("#latest tr").evaluate_all(
+        "rows => rows.map(r => [...r.querySelectorAll('.name, .value, .unit')].map(c => c.textContent))"
+    )
+    assert rows == [["net.rx", "3", "MiB/s"], ["disk.used", "1.5", "KiB"]]
+    card = page.locator('#charts .chart-card[data-name="disk.used"]')
+    assert await card.get_attribute("data-axis-label") == "value (KiB)"
+    assert await page.locator('#charts .chart-card[data-name="net.rx"]').get_attribute("data-axis-label") == "value (MiB/s)"
+    # The lone reading is drawn as a point of its own.
+    assert await card.get_attribute("data-marked") == "1"
+
+    # Under the pointer: the bucket's time, its value with min and max, and the unit.
+    state = (await page.evaluate(CHART_STATES))["disk.used"]
+    bucket = (now - 20 * MINUTE_MS) // state["step"] * state["step"]
+    box = await plot_box(page, "disk.used")
+    x = box["x"] + (bucket - state["xMin"]) / (state["xMax"] - state["xMin"]) * box["width"]
+    await page.mouse.move(x, box["y"] + box["height"] / 2)
+    readout = card.locator(".chart-readout")
+    await expect(readout).to_have_attribute("data-hover", "true")
+    iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(bucket / 1000)) + f".{bucket % 1000:03d}Z"
+    assert await readout.locator("time").get_attribute("datetime") == iso
+    assert (await readout.locator(".readout-value").inner_text()).strip() == "avg 1.5 KiB (min 1.5 KiB, max 1.5 KiB) · 1 reading"
+    assert await readout.locator("time").inner_text() != ""
+    # Away from the chart it shows the newest bucket again.
+    await page.mouse.move(1, 1)
+    await expect(readout).to_have_attribute("data-hover", "false")
+
+
+LONG_NAMES = [
+    "host.disk.read_bytes",
+    "host.disk.read_count",
+    "host.network.transmit_bytes_per_second",
+    "host.network.transmit_packets_per_second",
+]
+
+
+async def test_phone_layout_does_not_scroll_sideways_and_keeps_long_names_apart(admin, open_page):
+    from playwright.async_api import expect
+
+    now = int(time.time() * 1000)
+    await admin.insert_metrics([metric(name, 123456789.5, "B", now - 1000) for name in LONG_NAMES])
+    page = await open_page("admin-token", viewport=PHONE)
+    await expect(page.locator("#tiles .tile")).to_have_count(4)
+    await page.wait_for_function(SHOWS_RANGE, arg={"last": HOUR_MS})
+
+    assert await page.evaluate("document.scrollingElement.scrollWidth") <= PHONE["width"]
+    # Each name is shown whole (wrapped, never cut), with its full name as a title.
+    names = await page.locator("#tiles .tile-name, #charts .chart-title, #latest .name").evaluate_all(
+        r"""els => els.map((e) => ({
+          text: e.innerText.replace(/\s+/g, ""),
+          title: e.title,
+          clipped: e.scrollWidth > e.clientWidth + 1 || e.scrollHeight > e.clientHeight + 1,
+          inside: e.getBoundingClientRect().right <= window.innerWidth,
+        }))"""
+    )
+    # Tiles and charts in name order, the table newest first (the insertion order reversed).
+    shown = LONG_NAMES * 2 + LONG_NAMES[::-1]
+    assert names == [{"text": n, "title": n, "clipped": False, "inside": True} for n in shown]
+    tiles = await page.locator("#tiles .tile-name").all_inner_texts()
+    assert len(set(tiles)) == len(LONG_NAMES)
+
+
+@pytest.mark.parametrize("viewport", [WALL, PHONE], ids=["1280x720", "phone"])
+async def test_time_labels_fit_without_overlapping_at_5_minutes_and_7_days(admin, open_page, viewport):
+    now = int(time.time() * 1000)
+    await admin.insert_metrics([metric("cpu", i, "%", now - i * 90_000) for i in range(3)])
+    page = await open_page("viewer-token", viewport=viewport)
+    await page.wait_for_function(SHOWS_RANGE, arg={"last": HOUR_MS})
+
+    minutes = re.compile(r"^\d{1,2}:\d{2}(:\d{2})?\s?[AP]M$")
+    dates = re.compile(r"^[A-Z][a-z]{2} \d{1,2}$")
+    for preset, last, label in (("5 min", 5 * MINUTE_MS, minutes), ("7 d", 7 * DAY_MS, dates)):
+        await page.get_by_role("button", name=preset).click()
+        await page.wait_for_function(SHOWS_RANGE, arg={"last": last})
+        card = page.locator('#charts .chart-card[data-name="cpu"]')
+        ticks = json.loads(await card.get_attribute("data-x-ticks"))
+        width = float(await card.get_attribute("data-canvas-width"))
+        texts = [t["text"] for t in ticks]
+        assert len(ticks) >= 2 and all(label.match(text) for text in texts), (preset, ticks)
+        assert len(set(texts)) == len(texts), (preset, ticks)
+        # Inside the canvas, left to right, at least a few pixels apart.
+        assert all(0 <= t["left"] < t["right"] <= width for t in ticks), (preset, width, ticks)
+        assert all(a["right"] + 4 <= b["left"] for a, b in zip(ticks, ticks[1:])), (preset, ticks)
 
 
 CONTRAST = """() => {

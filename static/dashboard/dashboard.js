@@ -5,21 +5,30 @@
 import { ProtocolClient } from "./protocol.js";
 import {
   AlertsList,
-  CHART_WINDOW,
   Counter,
   LatestTable,
   MAX_TABLE_ROWS,
   MetricChart,
+  RangePicker,
   StatsTiles,
   formatCount,
   formatNumber,
   formatTime,
+  formatValue,
 } from "./widgets.js";
 
 const TOKEN_KEY = "dashboard.token";
 const CHARTS_KEY = "dashboard.charts";
 const ROWS_KEY = "dashboard.rows";
+const RANGE_KEY = "dashboard.range";
 const DEFAULT_CHARTS = 4;
+const HOUR = 3600_000;
+const DEFAULT_RANGE = { last: HOUR };
+// A chart asks again for its series when its width would change the number
+// of points by more than this share, after the width has settled this long.
+const REPOINT_SHARE = 0.2;
+const RESIZE_SETTLE_MS = 300;
+const RANGE_SETTLE_MS = 100;
 
 const $ = (id) => document.getElementById(id);
 
@@ -157,6 +166,39 @@ $("logout").addEventListener("click", () => {
   client.logout();
 });
 
+// --- time range: a live window (`{last}`) or a fixed one (`{from, to, back}`) ---------
+
+const presets = [...document.querySelectorAll("#range-picker [data-last]")].map((b) => Number(b.dataset.last));
+
+function loadRange() {
+  try {
+    const saved = JSON.parse(sessionStorage.getItem(RANGE_KEY));
+    if (saved && presets.includes(saved.last)) return { last: saved.last };
+    if (saved && Number.isInteger(saved.from) && Number.isInteger(saved.to) && saved.from <= saved.to) {
+      return { from: saved.from, to: saved.to, back: presets.includes(saved.back) ? saved.back : DEFAULT_RANGE.last };
+    }
+  } catch {
+    // Not JSON: the default below.
+  }
+  return DEFAULT_RANGE;
+}
+
+let range = loadRange();
+const picker = new RangePicker($("range-picker"), $("range-hint"), { onChoose: chooseRange });
+picker.show(range);
+
+function chooseRange(next) {
+  range = next;
+  sessionStorage.setItem(RANGE_KEY, JSON.stringify(next));
+  picker.show(next);
+  if (widgets) widgets.rangeChanged();
+}
+
+/** A fixed range picked by dragging on a chart; "Back to live" returns to the preset left. */
+function chooseFixedRange(from, to) {
+  chooseRange({ from, to, back: "last" in range ? range.last : range.back });
+}
+
 // --- widgets ----------------------------------------------------------------------
 
 function loadCharted() {
@@ -170,7 +212,7 @@ function loadCharted() {
 
 function startWidgets() {
   const subscriptions = [];
-  const charts = new Map(); // name -> {chart, subscription}
+  const charts = new Map(); // name -> {chart, subscription, params}
   // Until the viewer picks charts, the first few metric names are drawn.
   let chosen = loadCharted();
   const isCharted = (name) => {
@@ -199,6 +241,43 @@ function startWidgets() {
   const table = new LatestTable($("latest"));
   const alerts = new AlertsList($("alerts"), $("alerts-summary"));
 
+  // Each chart subscribes to its name's series over the page's range, in
+  // about as many buckets as it has pixels to show them: the server's cost
+  // and the push size follow the chart's width, not the history stored.
+  function subscribeChart(entry) {
+    const { chart } = entry;
+    const span = "last" in range ? { last: range.last } : { from: range.from, to: range.to };
+    const params = { name: chart.name, points: chart.pointsWanted(), ...span };
+    if (entry.subscription) entry.subscription.close();
+    entry.params = params;
+    chart.subscribed(params);
+    entry.subscription = client.subscribe(
+      "metric-series",
+      params,
+      (result) => chart.set(result),
+      (error) => chart.fail(error),
+    );
+  }
+
+  // A chart whose width changed the number of points it wants by much asks again.
+  let resizeTimer = 0;
+  const onChartResize = () => {
+    clearTimeout(resizeTimer);
+    resizeTimer = setTimeout(() => {
+      for (const entry of charts.values()) {
+        const wanted = entry.chart.pointsWanted();
+        if (Math.abs(wanted - entry.params.points) > REPOINT_SHARE * entry.params.points) subscribeChart(entry);
+      }
+    }, RESIZE_SETTLE_MS);
+  };
+  let rangeTimer = 0;
+  const onRangeChanged = () => {
+    clearTimeout(rangeTimer);
+    rangeTimer = setTimeout(() => {
+      for (const entry of charts.values()) subscribeChart(entry);
+    }, RANGE_SETTLE_MS);
+  };
+
   // Charts follow the summary: one per charted name, in the tiles' order.
   function syncCharts() {
     const wanted = tiles.stats.map((s) => s.name).filter(isCharted);
@@ -210,21 +289,22 @@ function startWidgets() {
       }
     }
     const container = $("charts");
+    const added = [];
     let cursor = container.firstElementChild;
     for (const name of wanted) {
       let entry = charts.get(name);
       if (!entry) {
-        const chart = new MetricChart(name);
-        // Only the chart's window travels: a name's whole history would be
-        // sent again on every push.
-        const params = { name, n: CHART_WINDOW };
-        entry = { chart, subscription: client.subscribe("latest-metrics-by-name", params, (records) => chart.set(records)) };
+        const chart = new MetricChart(name, { onSelectRange: chooseFixedRange, onResize: onChartResize });
+        entry = { chart, subscription: null, params: null };
         charts.set(name, entry);
+        added.push(entry);
       }
       if (entry.chart.node !== cursor) container.insertBefore(entry.chart.node, cursor);
       else cursor = cursor.nextElementSibling;
     }
     $("charts-empty").hidden = wanted.length > 0;
+    // In the page by now, so their width is known.
+    for (const entry of added) subscribeChart(entry);
   }
 
   subscriptions.push(client.subscribe("metric-count", null, (count) => counter.set(count)));
@@ -260,8 +340,11 @@ function startWidgets() {
   subscribeLatest();
 
   widgets = {
+    rangeChanged: onRangeChanged,
     stop() {
       clearTimeout(rowsTimer);
+      clearTimeout(resizeTimer);
+      clearTimeout(rangeTimer);
       rowsInput.removeEventListener("input", onRows);
       rowsInput.removeEventListener("change", onRowsChange);
       for (const subscription of subscriptions) subscription.close();
@@ -322,7 +405,7 @@ function syncAdminTools(isAdmin) {
       timestamp: Date.now(),
     };
     run(form, () => client.request("store.insert", { bucket: "metrics", data }), (record) => {
-      report(`Pushed ${record.name} = ${formatNumber(record.value)} ${record.unit}`.trim());
+      report(`Pushed ${record.name} = ${formatValue(record.value, record.unit)}`);
       form.elements.value.value = "";
       form.elements.value.focus();
     });

@@ -5,21 +5,20 @@
 
 import uPlot from "../vendor/uplot-1.6.32/uPlot.esm.js";
 
-export const CHART_WINDOW = 500; // points per chart: the newest readings of that name
 export const MAX_TABLE_ROWS = 500;
 export const MAX_ALERTS_SHOWN = 50;
+export const MAX_SERIES_POINTS = 2000; // the most `metric-series` returns
+const PX_PER_POINT = 2; // one bucket per two pixels of plot width
+
+const SECOND = 1000;
+const MINUTE = 60 * SECOND;
+const HOUR = 60 * MINUTE;
+const DAY = 24 * HOUR;
 
 const numberFormat = new Intl.NumberFormat(undefined, { maximumFractionDigits: 2 });
+const compactFormat = new Intl.NumberFormat(undefined, { notation: "compact", maximumFractionDigits: 2 });
 const countFormat = new Intl.NumberFormat(undefined);
 const timeFormat = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit" });
-const tickMinutes = new Intl.DateTimeFormat(undefined, { hour: "numeric", minute: "2-digit" });
-const tickSeconds = new Intl.DateTimeFormat(undefined, { hour: "numeric", minute: "2-digit", second: "2-digit" });
-
-// One line per time tick (uPlot's default adds the date on a second line).
-function timeTicks(u, splits, axisIndex, space, increment) {
-  const format = increment < 60 ? tickSeconds : tickMinutes;
-  return splits.map((seconds) => format.format(new Date(seconds * 1000)));
-}
 
 export function formatNumber(value) {
   return typeof value === "number" ? numberFormat.format(value) : "–";
@@ -40,6 +39,47 @@ export function formatCount(value) {
 export function formatTime(ms) {
   const date = new Date(ms);
   return Number.isNaN(date.getTime()) ? "" : timeFormat.format(date);
+}
+
+/** A duration in its largest whole unit: "500 ms", "10 s", "5 min", "1 h", "7 d". */
+function formatDuration(ms) {
+  for (const [size, unit] of [[DAY, "d"], [HOUR, "h"], [MINUTE, "min"], [SECOND, "s"]]) {
+    if (ms >= size) return `${formatNumber(ms / size)} ${unit}`;
+  }
+  return `${formatNumber(ms)} ms`;
+}
+
+// --- units: bytes and bytes per second get binary prefixes ---------------------
+
+const BYTE_UNITS = new Map([["B", ""], ["bytes", ""], ["B/s", "/s"], ["bytes/s", "/s"]]);
+const BINARY_PREFIXES = ["B", "KiB", "MiB", "GiB", "TiB"];
+
+function isBytes(unit) {
+  return BYTE_UNITS.has(unit);
+}
+
+/** The power of 1024 that suits a size of `bytes`: 0 (B) to 4 (TiB). */
+function bytePower(bytes) {
+  let power = 0;
+  while (power < BINARY_PREFIXES.length - 1 && Math.abs(bytes) >= 1024 ** (power + 1)) power += 1;
+  return power;
+}
+
+function byteUnit(unit, power) {
+  return BINARY_PREFIXES[power] + BYTE_UNITS.get(unit);
+}
+
+/** `value` in `unit` as shown: bytes scaled to KiB, MiB, ...; any other unit as it is. */
+function scaled(value, unit) {
+  if (!isBytes(unit) || typeof value !== "number") return { value, unit };
+  const power = bytePower(value);
+  return { value: value / 1024 ** power, unit: byteUnit(unit, power) };
+}
+
+/** "1.5 KiB", "40.4 %", "12": a value with its (scaled) unit. */
+export function formatValue(value, unit, format = formatNumber) {
+  const shown = scaled(value, unit);
+  return shown.unit ? `${format(shown.value)} ${shown.unit}` : format(shown.value);
 }
 
 function isoTime(ms) {
@@ -70,6 +110,31 @@ function el(tag, attrs = {}, ...children) {
 
 function setText(node, text) {
   if (node.textContent !== text) node.textContent = text;
+}
+
+const LONG_WORD = 16; // characters: a run without separators longer than this...
+const WORD_PIECE = 10; // ...may break every this many
+
+/**
+ * Sets a metric name that may wrap after its separators (`host.disk.read_bytes`
+ * breaks as `host.disk.` / `read_bytes`), never cut short: two long names that
+ * share a beginning stay told apart on a phone. A very long run without
+ * separators may break inside; a word like `temperature` stays whole.
+ */
+function setName(node, name) {
+  if (node.textContent === name) return;
+  const pieces = [];
+  for (const part of name.split(/(?<=[._/:-])/)) {
+    if (part.length <= LONG_WORD) pieces.push(part);
+    else for (let i = 0; i < part.length; i += WORD_PIECE) pieces.push(part.slice(i, i + WORD_PIECE));
+  }
+  const children = [];
+  pieces.forEach((piece, i) => {
+    if (i > 0) children.push(document.createElement("wbr"));
+    children.push(piece);
+  });
+  node.replaceChildren(...children);
+  node.title = name;
 }
 
 /**
@@ -169,7 +234,7 @@ export class StatsTiles extends Widget {
   _create(s) {
     const figures = el("dl", { class: "tile-figures" });
     for (const field of ["min", "max", "avg", "count"]) {
-      figures.append(el("dt", { text: field }), el("dd", { "data-field": field }));
+      figures.append(el("div", {}, el("dt", { text: field }), el("dd", { "data-field": field })));
     }
     const toggle = el("button", {
       type: "button",
@@ -182,19 +247,24 @@ export class StatsTiles extends Widget {
     const node = el(
       "article",
       { class: "tile", "data-name": s.name, style: `--series: ${colourFor(s.name)}` },
-      el("div", { class: "tile-head" }, el("h3", { class: "tile-name", text: s.name, title: s.name }), toggle),
+      // The button first: it floats right, and a long name flows around it.
+      el("div", { class: "tile-head" }, toggle, el("h3", { class: "tile-name" })),
       el("p", { class: "tile-last" }, el("span", { class: "tile-value", "data-field": "last" }), " ", el("span", { class: "tile-unit", "data-field": "unit" })),
       figures,
     );
+    setName(node.querySelector(".tile-name"), s.name);
     this._update(node, s);
     return node;
   }
 
   _update(node, s) {
-    setText(node.querySelector('[data-field="last"]'), formatNumber(s.last));
-    for (const field of ["min", "max", "avg"]) setText(node.querySelector(`[data-field="${field}"]`), formatShort(s[field]));
+    const last = scaled(s.last, s.unit);
+    setText(node.querySelector('[data-field="last"]'), formatNumber(last.value));
+    setText(node.querySelector('[data-field="unit"]'), last.unit);
+    // Bytes scale each figure on its own, so each carries its unit.
+    const figure = isBytes(s.unit) ? (v) => formatValue(v, s.unit, formatShort) : formatShort;
+    for (const field of ["min", "max", "avg"]) setText(node.querySelector(`[data-field="${field}"]`), figure(s[field]));
     setText(node.querySelector('[data-field="count"]'), formatCount(s.count));
-    setText(node.querySelector('[data-field="unit"]'), s.unit);
   }
 }
 
@@ -239,9 +309,10 @@ export class LatestTable extends Widget {
     const time = row.querySelector("time");
     setText(time, formatTime(r.timestamp));
     time.setAttribute("datetime", isoTime(r.timestamp));
-    setText(row.querySelector(".name"), r.name);
-    setText(row.querySelector(".value"), formatNumber(r.value));
-    setText(row.querySelector(".unit"), r.unit);
+    setName(row.querySelector(".name"), r.name);
+    const shown = scaled(r.value, r.unit);
+    setText(row.querySelector(".value"), formatNumber(shown.value));
+    setText(row.querySelector(".unit"), shown.unit);
   }
 }
 
@@ -289,65 +360,266 @@ export class AlertsList extends Widget {
   }
 }
 
+// --- charts ------------------------------------------------------------------
+
+const AXIS_FONT = "13px system-ui, sans-serif";
 const AXIS = {
   stroke: "#c9d4e3",
-  font: "13px system-ui, sans-serif",
+  font: AXIS_FONT,
   labelFont: "bold 13px system-ui, sans-serif",
   grid: { stroke: "rgba(201, 212, 227, 0.14)", width: 1 },
   ticks: { stroke: "rgba(201, 212, 227, 0.3)", width: 1 },
 };
+const LABEL_GAP = 14; // px between two time labels, at the least
+// The plot's insets in the canvas: the value axis and its label on the left,
+// room at the top and on the right ([top, right, bottom, left], uPlot's order).
+const VALUE_AXIS_SIZE = 64;
+const VALUE_LABEL_SIZE = 22;
+const PADDING = [12, 16, 0, 0];
+const PLOT_INSET = VALUE_AXIS_SIZE + VALUE_LABEL_SIZE + PADDING[1] + PADDING[3];
+
+const measurer = document.createElement("canvas").getContext("2d");
+measurer.font = AXIS_FONT;
+const textWidth = (text) => measurer.measureText(text).width;
+
+// Tick spacings the time axis may use, in seconds (uPlot's time unit).
+const TIME_INCRS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200]
+  .concat([1, 2, 3, 7, 14].map((days) => days * 86400));
+
+// The label of a time tick follows the spacing: seconds under a minute,
+// hours and minutes under a day (with the date at midnight), else the date.
+const tickSeconds = new Intl.DateTimeFormat(undefined, { hour: "numeric", minute: "2-digit", second: "2-digit" });
+const tickMinutes = new Intl.DateTimeFormat(undefined, { hour: "numeric", minute: "2-digit" });
+const tickDate = new Intl.DateTimeFormat(undefined, { month: "short", day: "numeric" });
+
+function tickFormats(incr) {
+  if (incr < 60) return [tickSeconds];
+  if (incr < 86400) return [tickMinutes, tickDate];
+  return [tickDate];
+}
+
+function tickLabel(seconds, incr) {
+  const date = new Date(seconds * 1000);
+  const [format] = tickFormats(incr);
+  const midnight = date.getHours() === 0 && date.getMinutes() === 0 && date.getSeconds() === 0;
+  return format === tickMinutes && midnight ? tickDate.format(date) : format.format(date);
+}
+
+// The widest label a spacing can draw (any hour, any month), measured once.
+const widest = new Map();
+function widestLabel(incr) {
+  const formats = tickFormats(incr);
+  const key = formats.length === 2 ? "minutes" : formats[0] === tickSeconds ? "seconds" : "date";
+  if (!widest.has(key)) {
+    let width = 0;
+    for (let month = 0; month < 12; month++) {
+      for (const hour of [0, 9, 10, 12, 21, 23]) {
+        const sample = new Date(2024, month, 28, hour, 58, 58);
+        for (const format of formats) width = Math.max(width, textWidth(format.format(sample)));
+      }
+    }
+    widest.set(key, width);
+  }
+  return widest.get(key);
+}
 
 /**
- * Value over time of one metric name (`latest-metrics-by-name`): the newest
- * CHART_WINDOW readings, by timestamp, with the unit in the y-axis label.
+ * uPlot's `space` for the time axis: the smallest spacing whose widest label
+ * fits between two ticks, given back as (just under) that spacing's pixel
+ * distance so that uPlot takes exactly it.
+ */
+function timeSpace(u, axisIdx, min, max, dim) {
+  const span = max - min;
+  if (!(span > 0) || !(dim > 0)) return dim || 1;
+  for (const incr of TIME_INCRS) {
+    const px = (dim * incr) / span;
+    if (px >= widestLabel(incr) + LABEL_GAP) return px * 0.999;
+  }
+  return dim * 2; // not even one spacing fits: no ticks
+}
+
+// Nice steps for a value axis (1, 2, 2.5, 5 times a power of ten).
+const VALUE_INCRS = [];
+for (let exp = -6; exp <= 15; exp++) for (const m of [1, 2, 2.5, 5]) VALUE_INCRS.push(m * 10 ** exp);
+
+function formatTick(value, largest) {
+  return Math.abs(largest) >= 1e6 ? compactFormat.format(value) : numberFormat.format(value);
+}
+
+const rangeFormats = new Map(); // made once each: the readout formats on every pointer move
+function rangeFormat(withDate, withSeconds) {
+  const key = `${withDate} ${withSeconds}`;
+  if (!rangeFormats.has(key)) {
+    const options = { hour: "numeric", minute: "2-digit" };
+    if (withDate) Object.assign(options, { month: "short", day: "numeric" });
+    if (withSeconds) options.second = "2-digit";
+    rangeFormats.set(key, new Intl.DateTimeFormat(undefined, options));
+  }
+  return rangeFormats.get(key);
+}
+
+/** Whether times within [from, to] need their date to be told apart (not all today). */
+function needsDate(from, to) {
+  const today = new Date().toDateString();
+  return to - from >= DAY / 2 || new Date(from).toDateString() !== today || new Date(to).toDateString() !== today;
+}
+
+/**
+ * A time range for people: "Feb 3, 10:01:05 PM – 10:04:30 PM". The date is
+ * there when the range `within` it lies in (by default, itself) needs it.
+ */
+function formatRange(from, to, { seconds = true, within = [from, to] } = {}) {
+  const format = rangeFormat(needsDate(...within), seconds);
+  return from === to ? format.format(from) : format.formatRange(from, to);
+}
+
+/**
+ * The chart data for a `metric-series` result: [xs (seconds), avg, min, max],
+ * with a null inserted after every bucket that the next one does not follow
+ * directly, so that uPlot (spanGaps off) leaves a gap there instead of a line
+ * across it. Also returns each entry's count of readings, and where the gaps
+ * are ([start, end] in ms).
+ */
+function seriesData(result) {
+  const xs = [];
+  const avg = [];
+  const min = [];
+  const max = [];
+  const counts = [];
+  const gaps = [];
+  let previous = null;
+  for (const point of result.points) {
+    if (previous !== null && point.t - previous.t > result.step) {
+      const start = previous.t + result.step;
+      gaps.push([start, point.t]);
+      xs.push(start / 1000);
+      avg.push(null);
+      min.push(null);
+      max.push(null);
+      counts.push(0);
+    }
+    xs.push(point.t / 1000);
+    avg.push(point.avg);
+    min.push(point.min);
+    max.push(point.max);
+    counts.push(point.count);
+    previous = point;
+  }
+  return { data: [xs, avg, min, max], counts, gaps };
+}
+
+/**
+ * One metric name over the page's time range (`metric-series`): the min–max
+ * band of each bucket and its average, gaps where no readings landed, and a
+ * readout of the bucket under the pointer. Dragging across the plot picks a
+ * fixed range (`onSelectRange(fromMs, toMs)`); `onResize()` says that its
+ * width changed (see pointsWanted()).
  */
 export class MetricChart extends Widget {
-  constructor(name) {
+  constructor(name, { onSelectRange = () => {}, onResize = () => {} } = {}) {
     super();
     this.name = name;
+    this.onSelectRange = onSelectRange;
+    this.onResize = onResize;
+    this.result = null;
     this.unit = null;
+    this.power = 0; // of 1024, for a unit in bytes
     this.plot = null;
+    this.data = null;
+    this.counts = [];
+    this.range = [0, 1]; // the x scale, seconds
+    this.ticks = []; // time labels drawn: [{value, text}]
+    this.sparse = false;
+    this.isolated = null;
     this.summary = el("span", { class: "chart-summary" });
     this.area = el("div", { class: "chart-plot", role: "img" });
+    this.readout = el("p", { class: "chart-readout" }, el("time"), el("span", { class: "readout-value" }));
+    const title = el("span", { class: "chart-title" });
+    setName(title, name);
     this.node = el(
       "figure",
-      { class: "chart-card", "data-name": name, style: `--series: ${colourFor(name)}` },
-      el("figcaption", {}, el("span", { class: "chart-title", text: name }), this.summary),
+      { class: "chart-card", "data-name": name, "data-query": "metric-series", style: `--series: ${colourFor(name)}` },
+      el("figcaption", {}, title, this.summary),
       this.area,
+      this.readout,
     );
     this.resizer = new ResizeObserver(() => this._resize());
     this.resizer.observe(this.area);
   }
 
-  render(records) {
-    const points = records.length > CHART_WINDOW ? records.slice(-CHART_WINDOW) : records.slice();
-    // Readings arrive in insertion order; a time axis needs ascending time.
-    points.sort((a, b) => a.timestamp - b.timestamp);
-    const xs = new Float64Array(points.length);
-    const ys = new Float64Array(points.length);
-    for (let i = 0; i < points.length; i++) {
-      xs[i] = points[i].timestamp / 1000;
-      ys[i] = points[i].value;
-    }
-    const newest = records.length ? records[records.length - 1] : null;
-    const unit = newest ? newest.unit : this.unit || "";
-    if (this.plot === null || unit !== this.unit) this._build(unit, [xs, ys]);
-    else this.plot.setData([xs, ys]);
+  /** How many buckets to ask for: about one per two pixels of plot width. */
+  pointsWanted() {
+    const width = this.plot ? this.plot.bbox.width / uPlot.pxRatio : this._size().width - PLOT_INSET;
+    return Math.min(MAX_SERIES_POINTS, Math.max(1, Math.round(width / PX_PER_POINT)));
+  }
 
+  /** Records the params of the subscription that will feed this chart. */
+  subscribed(params) {
+    this.node.dataset.params = JSON.stringify(params);
+    delete this.node.dataset.error;
+  }
+
+  /** A refused subscription: says why instead of drawing. */
+  fail(error) {
+    this.node.dataset.error = error.code || "ERROR";
+    setText(this.summary, error.code ? `${error.code}: ${error.message}` : error.message);
+  }
+
+  render(result) {
+    this.result = result;
+    const { data, counts, gaps } = seriesData(result);
+    this.data = data;
+    this.counts = counts;
+    // A fixed range of one instant still gets a time axis: a second each side.
+    const pad = result.from === result.to ? 1 : 0;
+    this.range = [result.from / 1000 - pad, result.to / 1000 + pad];
+    const values = [];
+    for (const p of result.points) values.push(Math.abs(p.min), Math.abs(p.max));
+    const power = isBytes(result.unit) ? bytePower(Math.max(0, ...values)) : 0;
+
+    // A bucket between two gaps (or a lone reading) would draw nothing as a
+    // line: it is drawn as a point, and so is every bucket of a sparse chart.
+    const [, avg] = data;
+    const isolated = [];
+    for (let i = 0; i < avg.length; i++) {
+      if (avg[i] !== null && (i === 0 || avg[i - 1] === null) && (i === avg.length - 1 || avg[i + 1] === null)) {
+        isolated.push(i);
+      }
+    }
+    this.isolated = isolated.length ? isolated : null;
+    this.sparse = result.points.length <= this._size().width / 12;
+
+    // An empty range still gets its time axis.
+    const drawn = avg.length ? data : [[...this.range], [null, null], [null, null], [null, null]];
+    if (this.plot === null || result.unit !== this.unit || power !== this.power) {
+      this.unit = result.unit;
+      this.power = power;
+      this._build(drawn);
+    } else {
+      this.plot.setData(drawn);
+    }
+
+    let readings = 0;
+    for (const p of result.points) readings += p.count;
     const label = this._axisLabel();
-    this.area.setAttribute("aria-label", `${this.name} over time, ${label}, ${points.length} newest readings`);
-    setText(
-      this.summary,
-      newest ? `last ${formatNumber(newest.value)} ${unit} · ${formatCount(points.length)} newest points` : "no readings",
-    );
+    const span = formatRange(result.from, result.to, { seconds: result.step < MINUTE });
+    this.area.setAttribute("aria-label", `${this.name} from ${span}, ${label}, ${formatCount(readings)} readings`);
+    setText(this.summary, `${formatCount(readings)} reading${readings === 1 ? "" : "s"} · ${formatDuration(result.step)} steps`);
     Object.assign(this.node.dataset, {
-      points: String(points.length),
-      received: String(records.length),
-      last: newest ? String(newest.value) : "",
-      unit,
+      from: String(result.from),
+      to: String(result.to),
+      step: String(result.step),
+      points: String(result.points.length),
+      readings: String(readings),
+      gaps: JSON.stringify(gaps),
+      nulls: String(avg.filter((v) => v === null).length),
+      marked: String(this.sparse ? result.points.length : isolated.length), // buckets drawn as points
+      unit: result.unit,
       axisLabel: label,
       renders: String(this.renders),
     });
+    // Keep reading out the bucket under a pointer that stays on the chart.
+    this._showReadout(this.plot.cursor.left >= 0 ? this.plot.cursor.idx : null);
   }
 
   destroy() {
@@ -358,7 +630,8 @@ export class MetricChart extends Widget {
   }
 
   _axisLabel() {
-    return this.unit ? `value (${this.unit})` : "value";
+    const unit = isBytes(this.unit) ? byteUnit(this.unit, this.power) : this.unit;
+    return unit ? `value (${unit})` : "value";
   }
 
   _size() {
@@ -367,28 +640,176 @@ export class MetricChart extends Widget {
     return { width, height };
   }
 
-  _build(unit, data) {
-    this.unit = unit;
+  _build(data) {
     if (this.plot) this.plot.destroy();
     const colour = colourFor(this.name);
+    const scale = 1024 ** this.power;
+    // A lone bucket has no band to fill: its min and max show as small marks.
+    const edge = {
+      stroke: `${colour}66`,
+      width: 1,
+      spanGaps: false,
+      points: { show: false, filter: () => this.isolated, size: 5, fill: `${colour}aa` },
+    };
     this.plot = new uPlot(
       {
         ...this._size(),
+        padding: PADDING,
         legend: { show: false },
-        cursor: { drag: { x: false, y: false } },
-        scales: { x: { time: true } },
-        series: [{}, { label: this.name, stroke: colour, width: 2, fill: `${colour}22`, points: { show: false } }],
-        axes: [
-          { ...AXIS, values: timeTicks, size: 34 },
-          { ...AXIS, label: this._axisLabel(), size: 64, labelSize: 22, space: 26 },
+        cursor: { drag: { x: true, y: false, setScale: false, dist: 6 } },
+        scales: { x: { time: true, range: () => this.range } },
+        series: [
+          {},
+          {
+            label: "avg",
+            stroke: colour,
+            width: 2,
+            spanGaps: false,
+            points: {
+              show: () => this.sparse,
+              filter: (u, seriesIdx, show) => (show ? null : this.isolated),
+              size: 7,
+              fill: colour,
+            },
+          },
+          { label: "min", ...edge },
+          { label: "max", ...edge },
         ],
+        bands: [{ series: [3, 2], fill: `${colour}33` }],
+        axes: [
+          { ...AXIS, size: 34, space: timeSpace, incrs: TIME_INCRS, values: (u, splits, i, space, incr) => this._timeLabels(u, splits, incr) },
+          {
+            ...AXIS,
+            label: () => this._axisLabel(),
+            size: VALUE_AXIS_SIZE,
+            labelSize: VALUE_LABEL_SIZE,
+            space: 26,
+            incrs: () => VALUE_INCRS.map((incr) => incr * scale),
+            values: (u, splits) => {
+              const largest = Math.max(...splits.map(Math.abs)) / scale;
+              return splits.map((v) => formatTick(v / scale, largest));
+            },
+          },
+        ],
+        hooks: {
+          draw: [(u) => this._recordTicks(u)],
+          setCursor: [(u) => this._showReadout(u.cursor.idx)],
+          setSelect: [(u) => this._select(u)],
+        },
       },
       data,
       this.area,
     );
   }
 
+  // Labels for the time ticks; one that would stick out of the canvas at
+  // either end is left out rather than cut.
+  _timeLabels(u, splits, incr) {
+    const left = u.bbox.left / uPlot.pxRatio;
+    this.ticks = [];
+    return splits.map((value) => {
+      const text = tickLabel(value, incr);
+      const centre = left + u.valToPos(value, "x");
+      const half = textWidth(text) / 2;
+      if (centre - half < 0 || centre + half > u.width) return null;
+      this.ticks.push({ value, text });
+      return text;
+    });
+  }
+
+  // Where each time label was drawn, for checks: [{text, left, right}] in CSS
+  // pixels from the canvas's left edge.
+  _recordTicks(u) {
+    const left = u.bbox.left / uPlot.pxRatio;
+    const boxes = this.ticks.map(({ value, text }) => {
+      const centre = left + u.valToPos(value, "x");
+      const half = textWidth(text) / 2;
+      return { text, left: Math.round((centre - half) * 10) / 10, right: Math.round((centre + half) * 10) / 10 };
+    });
+    this.node.dataset.xTicks = JSON.stringify(boxes);
+    this.node.dataset.canvasWidth = String(u.width);
+    this.node.dataset.xMin = String(Math.round(u.scales.x.min * 1000));
+    this.node.dataset.xMax = String(Math.round(u.scales.x.max * 1000));
+  }
+
+  // The bucket under the pointer, else the newest one.
+  _showReadout(idx) {
+    const hover = idx !== null && idx !== undefined && this.data !== null && idx < this.data[0].length;
+    let i = hover ? idx : -1;
+    if (!hover && this.data) {
+      for (i = this.data[1].length - 1; i >= 0 && this.data[1][i] === null; i--);
+    }
+    const time = this.readout.querySelector("time");
+    const value = this.readout.querySelector(".readout-value");
+    this.readout.dataset.hover = String(hover);
+    if (i < 0 || !this.result) {
+      setText(time, "");
+      time.removeAttribute("datetime");
+      setText(value, this.result ? "no readings in this range" : "");
+      return;
+    }
+    const [xs, avg, min, max] = this.data;
+    const t = Math.round(xs[i] * 1000);
+    const { step, unit, from, to } = this.result;
+    setText(time, formatRange(t, t + step, { seconds: step < MINUTE, within: [from, to] }));
+    time.setAttribute("datetime", isoTime(t));
+    if (avg[i] === null) {
+      setText(value, " no readings");
+      return;
+    }
+    const count = this.counts[i];
+    const readings = ` · ${formatCount(count)} reading${count === 1 ? "" : "s"}`;
+    setText(
+      value,
+      ` avg ${formatValue(avg[i], unit)} (min ${formatValue(min[i], unit)}, max ${formatValue(max[i], unit)})${readings}`,
+    );
+  }
+
+  _select(u) {
+    const { left, width } = u.select;
+    if (width <= 0) return;
+    const from = Math.round(u.posToVal(left, "x") * 1000);
+    const to = Math.round(u.posToVal(left + width, "x") * 1000);
+    u.setSelect({ left: 0, top: 0, width: 0, height: 0 }, false);
+    if (to > from) this.onSelectRange(from, to);
+  }
+
   _resize() {
-    if (this.plot) this.plot.setSize(this._size());
+    if (!this.plot) return;
+    this.plot.setSize(this._size());
+    this.onResize();
+  }
+}
+
+/**
+ * The time range buttons: live presets (a window ending now that slides) and
+ * the way back to live from a fixed range. `show(range)` reflects the range
+ * the page uses; `onChoose(range)` gets the viewer's choice.
+ */
+export class RangePicker {
+  constructor(group, hint, { onChoose }) {
+    this.group = group;
+    this.hint = hint;
+    this.live = group.querySelector("[data-live]");
+    this.presets = [...group.querySelectorAll("[data-last]")];
+    for (const button of this.presets) {
+      button.addEventListener("click", () => onChoose({ last: Number(button.dataset.last) }));
+    }
+    this.live.addEventListener("click", () => onChoose({ last: this.back }));
+    this.back = null;
+  }
+
+  show(range) {
+    const fixed = !("last" in range);
+    this.back = fixed ? range.back : range.last;
+    for (const button of this.presets) {
+      const pressed = String(!fixed && Number(button.dataset.last) === range.last);
+      if (button.getAttribute("aria-pressed") !== pressed) button.setAttribute("aria-pressed", pressed);
+    }
+    this.live.hidden = !fixed;
+    this.group.dataset.range = fixed ? "fixed" : "live";
+    const preset = this.presets.find((b) => Number(b.dataset.last) === this.back);
+    this.live.textContent = `Back to live${preset ? ` (${preset.textContent})` : ""}`;
+    setText(this.hint, fixed ? `(${formatRange(range.from, range.to)}, fixed)` : `(last ${formatDuration(range.last)}, live)`);
   }
 }
