@@ -477,10 +477,13 @@ function formatRange(from, to, { seconds = true, within = [from, to] } = {}) {
  * The chart data for a `metric-series` result: [xs (seconds), avg, min, max],
  * with a null inserted after every bucket that the next one does not follow
  * directly, so that uPlot (spanGaps off) leaves a gap there instead of a line
- * across it. Also returns each entry's count of readings, and where the gaps
- * are ([start, end] in ms).
+ * across it. Also returns each entry's bucket start and count of readings,
+ * and where the gaps are ([start, end] in ms). A fixed range's first bucket
+ * may start before `from` (buckets are step-aligned, the range is not): it
+ * holds only readings from `from` on, and is drawn there, inside the chart.
  */
 function seriesData(result) {
+  const starts = [];
   const xs = [];
   const avg = [];
   const min = [];
@@ -492,20 +495,22 @@ function seriesData(result) {
     if (previous !== null && point.t - previous.t > result.step) {
       const start = previous.t + result.step;
       gaps.push([start, point.t]);
+      starts.push(start);
       xs.push(start / 1000);
       avg.push(null);
       min.push(null);
       max.push(null);
       counts.push(0);
     }
-    xs.push(point.t / 1000);
+    starts.push(point.t);
+    xs.push(Math.max(point.t, result.from) / 1000);
     avg.push(point.avg);
     min.push(point.min);
     max.push(point.max);
     counts.push(point.count);
     previous = point;
   }
-  return { data: [xs, avg, min, max], counts, gaps };
+  return { data: [xs, avg, min, max], starts, counts, gaps };
 }
 
 /**
@@ -526,6 +531,7 @@ export class MetricChart extends Widget {
     this.power = 0; // of 1024, for a unit in bytes
     this.plot = null;
     this.data = null;
+    this.starts = [];
     this.counts = [];
     this.range = [0, 1]; // the x scale, seconds
     this.ticks = []; // time labels drawn: [{value, text}]
@@ -567,8 +573,9 @@ export class MetricChart extends Widget {
 
   render(result) {
     this.result = result;
-    const { data, counts, gaps } = seriesData(result);
+    const { data, starts, counts, gaps } = seriesData(result);
     this.data = data;
+    this.starts = starts;
     this.counts = counts;
     // A fixed range of one instant still gets a time axis: a second each side.
     const pad = result.from === result.to ? 1 : 0;
@@ -748,8 +755,8 @@ export class MetricChart extends Widget {
       setText(value, this.result ? "no readings in this range" : "");
       return;
     }
-    const [xs, avg, min, max] = this.data;
-    const t = Math.round(xs[i] * 1000);
+    const [, avg, min, max] = this.data;
+    const t = this.starts[i];
     const { step, unit, from, to } = this.result;
     setText(time, formatRange(t, t + step, { seconds: step < MINUTE, within: [from, to] }));
     time.setAttribute("datetime", isoTime(t));
