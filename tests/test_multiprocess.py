@@ -74,10 +74,11 @@ def db_count(database) -> int:
 
 @pytest.fixture(autouse=True)
 def empty_store(database):
-    """Each test starts with empty buckets (no subscriptions are live between
-    tests, and record identities are never reused, so the servers' caches hold
-    nothing stale)."""
-    database.execute("TRUNCATE metrics_metric, metrics_alert")
+    """Each test starts with empty buckets and nothing derived from them (no
+    subscriptions are live between tests, and record identities are never
+    reused, so the servers' caches hold nothing stale)."""
+    database.execute("TRUNCATE metrics_metric, metrics_alert, metrics_metricnamestats, metrics_metricrollup, "
+                     "metrics_metrichorizon")
 
 
 @pytest.fixture
