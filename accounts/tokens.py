@@ -67,3 +67,29 @@ def _note_use(token: ApiToken, now: datetime) -> None:
 
 def to_ms(moment: datetime | None) -> int | None:
     return None if moment is None else int(moment.timestamp() * 1000)
+
+
+def invalid_among(token_ids: list[str]) -> dict[str, str]:
+    """Of these token ids (Session.token_id), those whose sessions must end,
+    with why: deleted, revoked, expired, or their user deactivated. The
+    server asks every heartbeat (settings.DASHBOARD["TOKEN_RECHECK"]), so a
+    revocation that no signal announced (another process without a shared
+    channel layer, a QuerySet.update()) still ends the sessions."""
+    now = timezone.now()
+    found: dict[str, str] = {}
+    for start in range(0, len(token_ids), 500):
+        chunk = [token_id for token_id in token_ids[start : start + 500] if token_id.isdigit()]
+        rows = ApiToken.objects.filter(pk__in=chunk).values_list("pk", "revoked", "expires_at", "user__is_active")
+        present = set()
+        for pk, revoked, expires_at, user_active in rows:
+            present.add(str(pk))
+            if revoked:
+                found[str(pk)] = "token revoked"
+            elif not user_active:
+                found[str(pk)] = "user deactivated"
+            elif expires_at is not None and expires_at <= now:
+                found[str(pk)] = "token expired"
+        for token_id in token_ids[start : start + 500]:
+            if token_id not in present:
+                found[token_id] = "token deleted"
+    return found

@@ -203,9 +203,42 @@ DASHBOARD = {
     "REQUEST_RATE": env_int("DASHBOARD_REQUEST_RATE", 0),
     "REQUEST_RATE_WINDOW_SECONDS": float(os.environ.get("DASHBOARD_REQUEST_RATE_WINDOW_SECONDS", "10")),
     "MAX_PARAMS_BYTES": env_int("DASHBOARD_MAX_PARAMS_BYTES", 4096),
+    # Filters (store.where/count/findOne/aggregates, transactions): nesting
+    # levels (objects and lists), conditions and values in all, and values
+    # in one $in/$nin. Larger ones are a VALIDATION_ERROR.
+    "MAX_FILTER_DEPTH": env_int("DASHBOARD_MAX_FILTER_DEPTH", 12),
+    "MAX_FILTER_ITEMS": env_int("DASHBOARD_MAX_FILTER_ITEMS", 1000),
+    "MAX_FILTER_IN_ITEMS": env_int("DASHBOARD_MAX_FILTER_IN_ITEMS", 500),
+    # Distinct live queries (query and params) one user's subscriptions may
+    # hold in a process, and all users' together; subscribing to a query that
+    # is already live costs nothing and is always allowed.
+    "MAX_LIVE_QUERIES_PER_USER": env_int("DASHBOARD_MAX_LIVE_QUERIES_PER_USER", 32),
+    "MAX_LIVE_QUERIES": env_int("DASHBOARD_MAX_LIVE_QUERIES", 1000),
+    # Compiled filters kept for reuse: only filters whose JSON is at most
+    # this long are kept, so the cache stays under MAX_COMPILED x this.
+    "MAX_CACHED_FILTER_CHARS": env_int("DASHBOARD_MAX_CACHED_FILTER_CHARS", 2048),
     # Frames waiting for a slow reader (pushes are coalesced per subscription
     # first); past this the connection is closed with 1008.
     "MAX_OUTBOX_BYTES": env_int("DASHBOARD_MAX_OUTBOX_BYTES", 64 * 1024 * 1024),
+    # The same, for all of one user's connections and for all connections of
+    # a process: past them the connections that have made no progress for
+    # the longest are closed (1008) until the rest fit (0: no limit).
+    "MAX_OUTBOX_BYTES_PER_USER": env_int("DASHBOARD_MAX_OUTBOX_BYTES_PER_USER", 64 * 1024 * 1024),
+    "MAX_OUTBOX_BYTES_TOTAL": env_int("DASHBOARD_MAX_OUTBOX_BYTES_TOTAL", 256 * 1024 * 1024),
+    # A connection that has not logged in this long after connecting is
+    # closed (4004 login_timeout); at most this many such connections per
+    # client address and process (4003 above; 0: no limit).
+    "LOGIN_DEADLINE_SECONDS": float(os.environ.get("DASHBOARD_LOGIN_DEADLINE_SECONDS", "10")),
+    "MAX_UNAUTHENTICATED_PER_ADDRESS": env_int("DASHBOARD_MAX_UNAUTHENTICATED_PER_ADDRESS", 64),
+    # Dotted path of a function (token ids -> {id: reason} of those no longer
+    # valid) that live sessions are checked against every heartbeat, so a
+    # revocation by any path ends them; empty: not checked.
+    # The default checks tokens of the default validator only: another
+    # validator's token ids mean nothing to it.
+    "TOKEN_RECHECK": os.environ.get(
+        "DASHBOARD_TOKEN_RECHECK",
+        "accounts.tokens.invalid_among" if not os.environ.get("DASHBOARD_TOKEN_VALIDATOR") else "",
+    ),
     # Largest `n` / `limit` a request may ask for.
     "MAX_RESULT_LIMIT": env_int("DASHBOARD_MAX_RESULT_LIMIT", 100_000),
     "MAX_TRANSACTION_OPERATIONS": env_int("DASHBOARD_MAX_TRANSACTION_OPERATIONS", 1000),

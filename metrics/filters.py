@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any, Callable
 
+from django.conf import settings
 from django.db.models import F, Q, Value
 from django.db.models.functions import Length, Right, Substr
 from django.db.models.lookups import Exact, GreaterThan
@@ -22,7 +23,38 @@ NOTHING = Q(pk__in=[])
 EVERYTHING = Q()
 
 
+def check_filter_size(spec: Any) -> None:
+    """Refuses filters whose size would cost more to compile and run than any
+    honest dashboard needs (DASHBOARD's MAX_FILTER_DEPTH, MAX_FILTER_ITEMS and
+    MAX_FILTER_IN_ITEMS), before any recursion: a `$and` nested 330 deep must
+    be a VALIDATION_ERROR, not a RecursionError."""
+    limits = settings.DASHBOARD
+    max_depth, max_items, max_in = limits["MAX_FILTER_DEPTH"], limits["MAX_FILTER_ITEMS"], limits["MAX_FILTER_IN_ITEMS"]
+    items = 0
+    stack: list[tuple[Any, int]] = [(spec, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children = list(node.items())
+            for key, value in children:
+                if key in ("$in", "$nin") and isinstance(value, list) and len(value) > max_in:
+                    raise StoreError(VALIDATION_ERROR, f'Filter too large: "{key}" lists at most {max_in} values')
+            values = [value for _key, value in children]
+        elif isinstance(node, list):
+            values = node
+        else:
+            continue
+        items += len(values)
+        if items > max_items:
+            raise StoreError(VALIDATION_ERROR, f"Filter too large: at most {max_items} conditions and values")
+        if depth > max_depth:
+            raise StoreError(VALIDATION_ERROR, f"Filter too deep: at most {max_depth} levels of nesting")
+        stack.extend((value, depth + 1) for value in values if isinstance(value, (dict, list)))
+
+
 def compile_filter(bucket: BucketSchema, spec: Any, path: str = "filter") -> Q:
+    if path == "filter":
+        check_filter_size(spec)
     if not isinstance(spec, dict):
         raise StoreError(VALIDATION_ERROR, f'Missing or invalid "{path}": expected object')
     q = EVERYTHING

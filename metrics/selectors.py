@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import EmptyResultSet
 from django.db import connections
 from django.db.models import Avg, Max, Min, QuerySet, Sum
 
 from . import derived, records
 from .errors import VALIDATION_ERROR, StoreError, invalid_field
-from .filters import compile_filter
+from .filters import check_filter_size, compile_filter
 from .models import Metric
 from .records import Record
 from .schema import BUCKETS, BucketSchema, json_number
@@ -51,7 +52,9 @@ def _fetch(sql: str, params: tuple) -> list[tuple]:
 # Reactive queries run the same few reads after every change; compiling one
 # through the ORM costs more than running it (about 0.16 ms), so the SQL of
 # each (bucket, filter, order, limit) is kept. Filters are plain JSON, and the
-# same filter always compiles to the same SQL.
+# same filter always compiles to the same SQL. Only small filters are kept
+# (MAX_CACHED_FILTER_CHARS of JSON), so the cache's size is bounded whatever
+# clients send, and an entry whose SQL fails is dropped.
 _compiled: dict[tuple, tuple[str | None, tuple]] = {}
 MAX_COMPILED = 2000
 
@@ -59,7 +62,10 @@ MAX_COMPILED = 2000
 def _identity_sql(
     bucket: BucketSchema, filter_spec: Any = None, order: str | None = "seq", limit: int | None = None
 ) -> tuple[str | None, tuple]:
-    key = (bucket.name, _filter_key(filter_spec), order, limit)
+    if filter_spec is not None:
+        check_filter_size(filter_spec)
+    filter_key = _filter_key(filter_spec)
+    key = (bucket.name, filter_key, order, limit)
     compiled = _compiled.get(key)
     if compiled is None:
         qs = _queryset(bucket, filter_spec)
@@ -70,10 +76,25 @@ def _identity_sql(
             compiled = qs.values_list("seq", "version").query.sql_with_params()
         except EmptyResultSet:  # a filter that can match nothing
             compiled = (None, ())
-        if len(_compiled) >= MAX_COMPILED:
-            _compiled.clear()
-        _compiled[key] = compiled
+        if filter_key is None or len(filter_key) <= settings.DASHBOARD["MAX_CACHED_FILTER_CHARS"]:
+            if len(_compiled) >= MAX_COMPILED:
+                _compiled.clear()
+            _compiled[key] = compiled
     return compiled
+
+
+def compiled_filter_count() -> int:
+    """How many compiled reads are kept (for checks and stats)."""
+    return len(_compiled)
+
+
+def _fetch_compiled(bucket: BucketSchema, sql: str, params: tuple, filter_spec: Any, order: str | None,
+                    limit: int | None) -> list[tuple]:
+    try:
+        return _fetch(sql, params)
+    except Exception:
+        _compiled.pop((bucket.name, _filter_key(filter_spec), order, limit), None)
+        raise
 
 
 def _filter_key(filter_spec: Any) -> str | None:
@@ -84,7 +105,7 @@ def _load_where(
     bucket: BucketSchema, filter_spec: Any = None, order: str = "seq", limit: int | None = None
 ) -> list[Record]:
     sql, params = _identity_sql(bucket, filter_spec, order, limit)
-    return [] if sql is None else records.load(bucket, _fetch(sql, params))
+    return [] if sql is None else records.load(bucket, _fetch_compiled(bucket, sql, params, filter_spec, order, limit))
 
 
 def record_get(*, bucket: BucketSchema, key: Any) -> Record | None:
@@ -112,7 +133,7 @@ def record_count(*, bucket: BucketSchema, filter: Any = None) -> int:
     sql, params = _identity_sql(bucket, filter, order=None)
     if sql is None:
         return 0
-    return _fetch(f"SELECT COUNT(*) FROM ({sql}) AS counted", params)[0][0]
+    return _fetch_compiled(bucket, f"SELECT COUNT(*) FROM ({sql}) AS counted", params, filter, None, None)[0][0]
 
 
 def record_first(*, bucket: BucketSchema, n: int) -> list[Record]:
@@ -124,7 +145,7 @@ def record_last(*, bucket: BucketSchema, n: int, filter: Any = None) -> list[Rec
     sql, params = _identity_sql(bucket, filter, order="-seq", limit=n)
     if sql is None:
         return []
-    newest = _fetch(sql, params)
+    newest = _fetch_compiled(bucket, sql, params, filter, "-seq", n)
     newest.reverse()
     return records.load(bucket, newest)
 

@@ -72,7 +72,7 @@ async def auth_login(ctx: Context) -> Any:
             address, error.message, failures, ", now rate limited" if 0 < limit <= failures else "",
         )
         raise
-    ctx.consumer.session = session
+    ctx.consumer.start_session(session)
     return session.as_login_result()
 
 
@@ -84,7 +84,7 @@ def client_address(scope: dict[str, Any]) -> str:
 
 
 async def auth_logout(ctx: Context) -> Any:
-    ctx.consumer.session = None
+    ctx.consumer.end_session()
     return {"loggedOut": True}
 
 

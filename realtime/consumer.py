@@ -19,6 +19,7 @@ from .auth import Session
 from .errors import (
     CLOSE_GOING_AWAY,
     CLOSE_HEARTBEAT_TIMEOUT,
+    CLOSE_LOGIN_TIMEOUT,
     CLOSE_POLICY_VIOLATION,
     CLOSE_TOO_MANY_CONNECTIONS,
     CLOSE_SESSION_REVOKED,
@@ -64,6 +65,7 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         self.worker: asyncio.Task | None = None
         self.closed = False
         self.awaiting_pong = False
+        self.login_timer: asyncio.TimerHandle | None = None
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels runs close_old_connections in a thread hop before every
@@ -86,15 +88,38 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         await self.accept()
         limits = settings.DASHBOARD
         self.outbox = Outbox(self.base_send, limits["MAX_OUTBOX_BYTES"], self._outbox_overflow,
-                             wire.frame_writer(self.base_send))
+                             wire.frame_writer(self.base_send), self.hub.outbox_ledger)
         if shutdown.shutting_down:
             await self.close_with(CLOSE_GOING_AWAY, "server_shutting_down")
             return
         address = client_address(self.scope)
-        if not self.hub.admit(self, address, limits["MAX_CONNECTIONS_PER_ADDRESS"]):
+        if not self.hub.admit(self, address, limits["MAX_CONNECTIONS_PER_ADDRESS"],
+                              limits["MAX_UNAUTHENTICATED_PER_ADDRESS"]):
             await self.close_with(CLOSE_TOO_MANY_CONNECTIONS, "too_many_connections")
             return
+        deadline = limits["LOGIN_DEADLINE_SECONDS"]
+        if deadline > 0:
+            self.login_timer = asyncio.get_running_loop().call_later(deadline, self._login_overdue)
         self.enqueue(frames.welcome_frame(now_ms()))
+
+    def _login_overdue(self) -> None:
+        # Connections that never log in would otherwise hold a slot of their
+        # address (and memory) until the client goes away.
+        self.login_timer = None
+        if not self.closed:
+            asyncio.ensure_future(self.close_with(CLOSE_LOGIN_TIMEOUT, "login_timeout"))
+
+    def start_session(self, session: Session) -> None:
+        """A successful auth.login (again, possibly as another user)."""
+        self.session = session
+        if self.login_timer is not None:
+            self.login_timer.cancel()
+            self.login_timer = None
+        self.hub.logged_in(self)
+        self.outbox.set_user(session.user_id)
+
+    def end_session(self) -> None:
+        self.session = None
 
     def _outbox_overflow(self) -> None:
         # Coalescing already keeps one push per subscription: a client this
@@ -109,6 +134,9 @@ class DashboardConsumer(AsyncWebsocketConsumer):
     def release(self) -> None:
         """Ends the connection's subscriptions and drops what it has not sent."""
         self.closed = True
+        if self.login_timer is not None:
+            self.login_timer.cancel()
+            self.login_timer = None
         if self.hub is not None:
             for subscription in self.subscriptions.values():
                 self.hub.unsubscribe(subscription)

@@ -19,6 +19,7 @@ and, when they stop coming back, re-evaluates everything once they return.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
@@ -30,9 +31,11 @@ from channels.db import database_sync_to_async
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
 from django.db import connections
+from django.utils.module_loading import import_string
 
 from .frames import encode, push_frame_prefix
 from .limits import RequestLimiter
+from .quotas import LiveQueryQuota, OutboxLedger
 from .queries import QueryDef, QueryStore
 
 if TYPE_CHECKING:
@@ -48,6 +51,8 @@ REVOKED_MESSAGE = "session.revoked"
 PROCESS_ID = uuid.uuid4().hex[:16]
 # Re-join the group well before the layer's group expiry could drop us.
 GROUP_REFRESH_SECONDS = 3600
+DEFAULT_TOKEN_VALIDATOR = "accounts.tokens.validate_token"
+DEFAULT_TOKEN_RECHECK = "accounts.tokens.invalid_among"
 # How often to look for results that time made stale (sliding windows,
 # whose finest step is 1 s).
 REFRESH_TICK_SECONDS = 0.25
@@ -110,6 +115,11 @@ def _sqlite_data_version() -> tuple[int, int]:
         return id(connection.connection), cursor.fetchone()[0]
 
 
+@functools.lru_cache(maxsize=None)
+def _token_recheck(path: str) -> Any:
+    return import_string(path)
+
+
 def _in_other_thread(loop: asyncio.AbstractEventLoop) -> bool:
     try:
         return asyncio.get_running_loop() is not loop
@@ -130,6 +140,8 @@ class Subscription:
     allowed_for: Any = None
     # Everything of the push frame before the data: made once, used per push.
     frame_prefix: str = ""
+    # The user it was made for, whose live-query quota it counts against.
+    owner: str = ""
 
     def __post_init__(self) -> None:
         self.frame_prefix = push_frame_prefix(self.subscription_id)
@@ -178,8 +190,13 @@ class Hub:
         self.live: dict[tuple[str, str], LiveQuery] = {}
         self.connections: set[DashboardConsumer] = set()
         self.connections_per_address: dict[str, int] = {}
+        self.unauthenticated_per_address: dict[str, int] = {}
         self._addresses: dict[DashboardConsumer, str] = {}
+        self._not_logged_in: set[DashboardConsumer] = set()
         self.subscription_count = 0
+        limits = settings.DASHBOARD
+        self.live_quota = LiveQueryQuota()
+        self.outbox_ledger = OutboxLedger(limits["MAX_OUTBOX_BYTES_PER_USER"], limits["MAX_OUTBOX_BYTES_TOTAL"])
         self._limiter: RequestLimiter | None = None
         self.pending: set[str] = set()
         # Live queries whose result went stale with time (sliding windows).
@@ -245,14 +262,20 @@ class Hub:
         """
         await self.start()
         key = (query.name, encode(params))
+        owner = consumer.session.user_id if consumer.session is not None else ""
+        limits = settings.DASHBOARD
         async with self.lock:
-            live = self.live.get(key) or LiveQuery(query=query, params=params, key=key)
+            existing = self.live.get(key)
+            self.live_quota.check(owner, key, len(self.live), existing is not None,
+                                  limits["MAX_LIVE_QUERIES_PER_USER"], limits["MAX_LIVE_QUERIES"])
+            live = existing or LiveQuery(query=query, params=params, key=key)
             [result] = await database_sync_to_async(_evaluate_all)([live])
             if isinstance(result, BaseException):
                 raise result
-            subscription = Subscription(consumer, subscription_id, live, result)
+            subscription = Subscription(consumer, subscription_id, live, result, owner=owner)
             live.subscriptions[id(subscription)] = subscription
             self.subscription_count += 1
+            self.live_quota.add(owner, key)
             self.live[key] = live
             return subscription, result
 
@@ -260,30 +283,39 @@ class Hub:
         live = subscription.live
         if live.subscriptions.pop(id(subscription), None) is not None:
             self.subscription_count -= 1
+            self.live_quota.remove(subscription.owner, live.key)
         if not live.subscriptions and self.live.get(live.key) is live:
             del self.live[live.key]
 
     # --- connections -------------------------------------------------------
 
-    def admit(self, consumer: "DashboardConsumer", address: str, limit: int) -> bool:
-        """Registers a connection unless its address already has `limit`."""
+    def admit(self, consumer: "DashboardConsumer", address: str, limit: int, unauthenticated_limit: int) -> bool:
+        """Registers a connection unless its address already has `limit`, or
+        `unauthenticated_limit` that have not logged in yet (0: no limit)."""
         count = self.connections_per_address.get(address, 0)
-        if count >= limit:
+        waiting = self.unauthenticated_per_address.get(address, 0)
+        if count >= limit or (unauthenticated_limit > 0 and waiting >= unauthenticated_limit):
             return False
         self.connections_per_address[address] = count + 1
+        self.unauthenticated_per_address[address] = waiting + 1
         self._addresses[consumer] = address
+        self._not_logged_in.add(consumer)
         self.connections.add(consumer)
         return True
+
+    def logged_in(self, consumer: "DashboardConsumer") -> None:
+        """The connection's first login: it no longer counts as waiting."""
+        if consumer in self._not_logged_in:
+            self._not_logged_in.discard(consumer)
+            _decrement(self.unauthenticated_per_address, self._addresses.get(consumer))
 
     def release(self, consumer: "DashboardConsumer") -> None:
         self.connections.discard(consumer)
         address = self._addresses.pop(consumer, None)
-        if address is not None:
-            left = self.connections_per_address[address] - 1
-            if left:
-                self.connections_per_address[address] = left
-            else:
-                del self.connections_per_address[address]
+        if consumer in self._not_logged_in:
+            self._not_logged_in.discard(consumer)
+            _decrement(self.unauthenticated_per_address, address)
+        _decrement(self.connections_per_address, address)
 
     def request_limiter(self) -> RequestLimiter | None:
         """The per-user request limiter, or None when the limit is off (0)."""
@@ -483,12 +515,47 @@ class Hub:
 
 
     async def _heartbeat(self) -> None:
-        """One ticker for all local connections instead of a timer each."""
+        """One ticker for all local connections instead of a timer each; on
+        each tick, live sessions are checked against their tokens again, so
+        a revocation by any path (a shell, a QuerySet.update(), another
+        process without Redis) ends them within one heartbeat."""
         while True:
             await asyncio.sleep(settings.DASHBOARD["HEARTBEAT_SECONDS"])
             now = int(time.time() * 1000)
             for consumer in list(self.connections):
                 consumer.heartbeat_tick(now)
+            try:
+                await self.recheck_sessions()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("could not check live sessions against their tokens")
+
+    async def recheck_sessions(self) -> None:
+        path = settings.DASHBOARD["TOKEN_RECHECK"]
+        if not path or (path == DEFAULT_TOKEN_RECHECK and settings.DASHBOARD["TOKEN_VALIDATOR"] != DEFAULT_TOKEN_VALIDATOR):
+            # The default check knows the default validator's token ids only.
+            return
+        sessions = {consumer: consumer.session for consumer in self.connections if consumer.session is not None}
+        token_ids = sorted({s.token_id for s in sessions.values() if s.token_id is not None})
+        if not token_ids:
+            return
+        invalid: dict[str, str] = await database_sync_to_async(_token_recheck(path))(token_ids)
+        for consumer, session in sessions.items():
+            reason = invalid.get(session.token_id) if session.token_id is not None else None
+            # Only if the connection still holds that session (not a new login meanwhile).
+            if reason is not None and consumer.session is session:
+                consumer.revoke(reason)
+
+
+def _decrement(counts: dict[str, int], key: str | None) -> None:
+    if key is None or key not in counts:
+        return
+    left = counts[key] - 1
+    if left:
+        counts[key] = left
+    else:
+        del counts[key]
 
 
 _hubs: dict[int, Hub] = {}

@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
 import logging
 from typing import Any, Awaitable, Callable, Generator
+
+from .quotas import OutboxLedger
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +60,7 @@ class _Resume:
 
 class Outbox:
     def __init__(self, send: Send, max_bytes: int, on_overflow: Callable[[], None],
-                 write: Callable[..., bool] | None = None) -> None:
+                 write: Callable[..., bool] | None = None, ledger: OutboxLedger | None = None) -> None:
         self._send = send
         # realtime/wire.py: writes a frame (text, then already encoded bytes)
         # without the ASGI call when it can.
@@ -71,6 +74,10 @@ class Outbox:
         self.max_bytes = max_bytes
         self._on_overflow = on_overflow
         self.overflowed = False
+        # The per-user and per-process budgets (realtime/quotas.py).
+        self._ledger = ledger
+        self.user: str | None = None
+        self.progress_at = time.monotonic()
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -111,23 +118,38 @@ class Outbox:
             self._grew(len(frame))
 
     def _grew(self, size: int) -> None:
-        self.queued += size
+        self._count(size)
         if self.queued > self.max_bytes and not self.closed and not self.overflowed:
+            self.overflow()
+
+    def _count(self, delta: int) -> None:
+        self.queued += delta
+        if self._ledger is not None:
+            self._ledger.grew(self, delta)
+
+    def overflow(self) -> None:
+        """The client does not read: free its frames and have it closed."""
+        if not self.overflowed:
             self.overflowed = True
             self._on_overflow()
+
+    def set_user(self, user: str | None) -> None:
+        old, self.user = self.user, user
+        if self._ledger is not None and old != user:
+            self._ledger.moved(self, old)
 
     def drop(self, key: str) -> None:
         """Forgets a queued push (the subscription ended)."""
         slot = self._pushes.pop(key, None)
         if slot is not None:
-            self.queued -= len(slot.frame)
+            self._count(-len(slot.frame))
             slot.frame = ""
 
     def close(self) -> None:
         self.closed = True
         self._queue.clear()
         self._pushes.clear()
-        self.queued = 0
+        self._count(-self.queued)
         if self._drain is not None:
             self._drain.cancel()
             self._drain = None
@@ -162,6 +184,7 @@ class Outbox:
     async def _finish(self, pending: _Resume) -> None:
         try:
             await pending
+            self.progress_at = time.monotonic()
             while self._queue:
                 item = self._queue.popleft()
                 if isinstance(item, PushSlot):
@@ -170,8 +193,9 @@ class Outbox:
                     if not item.frame:
                         continue
                     item = item.frame
-                self.queued -= len(item)
+                self._count(-len(item))
                 await self._send({"type": "websocket.send", "text": item})
+                self.progress_at = time.monotonic()
         except asyncio.CancelledError:
             raise
         except Exception:

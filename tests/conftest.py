@@ -118,6 +118,15 @@ def demo_tokens(request):
 
 
 @pytest.fixture
+def limits(settings):
+    """Sets DASHBOARD settings for one test: limits(MAX_SUBSCRIPTIONS=3, ...)."""
+    def set_limits(**values):
+        settings.DASHBOARD = {**settings.DASHBOARD, **values}
+
+    return set_limits
+
+
+@pytest.fixture
 async def connect():
     """Opens protocol clients (after the welcome frame); always disconnects them."""
     opened: list[WebsocketCommunicator] = []

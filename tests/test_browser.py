@@ -32,6 +32,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
 WALL = {"width": 1280, "height": 720}
 PHONE = {"width": 390, "height": 844}
 HEARTBEAT_SECONDS = 1
+LOGIN_DEADLINE_SECONDS = 3
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,8 @@ def server(tmp_path_factory):
         import playwright.async_api  # noqa: F401
     except ImportError:
         unavailable("playwright is not installed: pip install -r requirements-dev.txt")
-    server = LiveServer(tmp_path_factory.mktemp("browser"), DASHBOARD_HEARTBEAT_SECONDS=str(HEARTBEAT_SECONDS))
+    server = LiveServer(tmp_path_factory.mktemp("browser"), DASHBOARD_HEARTBEAT_SECONDS=str(HEARTBEAT_SECONDS),
+                        DASHBOARD_LOGIN_DEADLINE_SECONDS=str(LOGIN_DEADLINE_SECONDS))
     server.prepare()
     server.start()
     yield server
@@ -84,8 +86,9 @@ async def open_page(server, browser):
     errors: list[str] = []
     contexts: list[Any] = []
 
-    async def open_(token: str | None = None, viewport: dict = WALL, wait_live: bool = True) -> Any:
-        context = await browser.new_context(viewport=viewport, locale="en-US")
+    async def open_(token: str | None = None, viewport: dict = WALL, wait_live: bool = True,
+                    bypass_csp: bool = False) -> Any:
+        context = await browser.new_context(viewport=viewport, locale="en-US", bypass_csp=bypass_csp)
         contexts.append(context)
         page = await context.new_page()
         page.on("pageerror", lambda error: errors.append(str(error)))
@@ -292,6 +295,63 @@ async def test_kiosk_fragment_logs_in_and_leaves_the_address_bar(server, open_pa
     assert "token" not in page.url
 
 
+async def test_login_form_waits_quietly_after_the_servers_login_deadline(server, open_page):
+    """The server closes a connection that has not logged in (4004): the
+    page shows it waits for a token instead of reconnecting in a loop, and
+    connects again when one is given."""
+    from playwright.async_api import expect
+
+    page = await open_page(wait_live=False)
+    await expect(page.locator("#connection")).to_have_attribute("data-state", "open")
+    await expect(page.locator("#connection")).to_have_attribute(
+        "data-state", "idle", timeout=(LOGIN_DEADLINE_SECONDS + 3) * 1000)
+    await expect(page.locator("#connection-text")).to_have_text("Waiting for a token")
+    await expect(page.locator("#login")).to_be_visible()
+    assert await page.locator("#login-error").text_content() == ""
+    await page.get_by_label("Access token").fill("viewer-token")
+    await page.get_by_role("button", name="Log in").click()
+    await wait_live_page(page)
+    await expect(page.locator("#user-name")).to_have_text("viewer-1")
+
+
+async def test_kiosk_fragment_opened_in_a_tab_already_on_the_page_logs_in(server, open_page):
+    """Only the fragment changes (no reload): the page takes the token on
+    hashchange and leaves neither the address bar nor history with it."""
+    from playwright.async_api import expect
+
+    page = await open_page(wait_live=False)
+    await expect(page.locator("#login")).to_be_visible()
+    history_length = await page.evaluate("history.length")
+    await page.evaluate("location.hash = '#token=viewer-token'")
+    await wait_live_page(page)
+    await expect(page.locator("#user-name")).to_have_text("viewer-1")
+    assert page.url == f"{server.http}/"
+    assert "token" not in await page.evaluate("location.href")
+    # The fragment's history entry was replaced by the clean address.
+    assert await page.evaluate("history.length") == history_length + 1
+    await page.go_back()
+    assert "token" not in page.url
+
+
+async def test_page_is_served_with_a_content_security_policy(server, open_page):
+    """Every test here fails on a console error, which a CSP violation is; this
+    one checks the policy itself."""
+    page = await open_page("viewer-token")
+    response = await page.request.get(server.http + "/")
+    host = server.http.split("://", 1)[1]
+    assert response.headers["content-security-policy"] == (
+        "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+        f"connect-src 'self' ws://{host} wss://{host}; object-src 'none'; base-uri 'none'; "
+        "form-action 'self'; frame-ancestors 'none'"
+    )
+    violations = await page.evaluate("""() => new Promise((resolve) => {
+      const seen = [];
+      document.addEventListener("securitypolicyviolation", (e) => seen.push(e.violatedDirective));
+      setTimeout(() => resolve(seen), 300);
+    })""")
+    assert violations == []
+
+
 async def test_page_reconnects_and_resubscribes_after_a_server_restart(server, admin, open_page):
     from playwright.async_api import expect
 
@@ -322,7 +382,9 @@ async def test_page_reconnects_and_resubscribes_after_a_server_restart(server, a
 
 
 async def test_reconnect_delays_back_off_exponentially_with_jitter(server, open_page):
-    page = await open_page(wait_live=False)
+    # The client library against a port where nothing listens: the page's own
+    # policy rightly allows connections to its server only.
+    page = await open_page(wait_live=False, bypass_csp=True)
     free = free_port()  # nothing listens there
     delays = await page.evaluate(
         """async (url) => {

@@ -12,14 +12,6 @@ from tests.conftest import metric
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture
-def limits(settings):
-    def set_limits(**values):
-        settings.DASHBOARD = {**settings.DASHBOARD, **values}
-
-    return set_limits
-
-
 async def test_subscriptions_in_total(limits, connect):
     limits(MAX_SUBSCRIPTIONS_TOTAL=3)
     first = await connect("viewer-token")

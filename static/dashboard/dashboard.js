@@ -71,6 +71,9 @@ function showConnection({ state, delayMs, attempt }) {
       text = "Live";
       serverRestarting = false;
       break;
+    case "idle":
+      text = "Waiting for a token";
+      break;
     case "waiting":
       text = `${serverRestarting ? "Server restarting" : "Disconnected"}: retrying in ${Math.max(1, Math.round(delayMs / 1000))} s`;
       break;
@@ -156,6 +159,15 @@ $("login-form").addEventListener("submit", (event) => {
     return;
   }
   $("login-error").textContent = "";
+  sessionStorage.setItem(TOKEN_KEY, token);
+  client.useToken(token);
+  showConnection(lastState);
+});
+
+// A kiosk link opened in a tab already on the page changes only the fragment.
+window.addEventListener("hashchange", () => {
+  const token = takeTokenFromFragment();
+  if (!token) return;
   sessionStorage.setItem(TOKEN_KEY, token);
   client.useToken(token);
   showConnection(lastState);

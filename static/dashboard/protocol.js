@@ -15,6 +15,9 @@ export class ProtocolError extends Error {
 }
 
 const CLOSE_SESSION_REVOKED = 4002;
+// The server closes connections that do not log in within its deadline:
+// without a token there is nothing to reconnect for until one is given.
+const CLOSE_LOGIN_TIMEOUT = 4004;
 
 export class ProtocolClient extends EventTarget {
   /**
@@ -63,6 +66,7 @@ export class ProtocolClient extends EventTarget {
   useToken(token) {
     this.token = token;
     if (this.state === "open" || this.state === "live") this._login();
+    else if (this.state === "idle") this._connect();
   }
 
   /** Ends the session and forgets the token; subscriptions wait for the next login. */
@@ -132,7 +136,11 @@ export class ProtocolClient extends EventTarget {
       sub.sid = null;
       sub.inFlight = false;
     }
-    if (this.state !== "stopped") this._scheduleReconnect(event.code);
+    if (event.code === CLOSE_LOGIN_TIMEOUT && !this.token && this.state !== "stopped") {
+      this._setState("idle");
+    } else if (this.state !== "stopped") {
+      this._scheduleReconnect(event.code);
+    }
     this._setSession(null);
     if (event.code === CLOSE_SESSION_REVOKED) {
       this.token = null;
