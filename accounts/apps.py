@@ -10,11 +10,11 @@ class AccountsConfig(AppConfig):
     def ready(self) -> None:
         # Dependencies: accounts -> realtime, never the other way. accounts
         # implements realtime's token-validator interface (it returns
-        # realtime.auth.Session) and tells realtime's fan-out which sessions to
-        # end; realtime knows accounts only as a dotted path in settings, and
-        # metrics knows neither. The import that reaches realtime.fanout lives
-        # in the receivers, connected here, so importing accounts' models (a
-        # migration, the admin) pulls in no WebSocket machinery.
+        # realtime.auth.Session) and sends its `sessions_revoked` signal when
+        # sessions must end; realtime knows accounts only as a dotted path in
+        # settings, and metrics knows neither. The receivers are connected
+        # here, so importing accounts' models (a migration, the admin) pulls
+        # in nothing of realtime but its auth interface.
         from . import signals
 
         signals.connect()

@@ -1,9 +1,12 @@
 """Ends live sessions when their token is revoked, changed or deleted, or its user deactivated.
 
 Model signals rather than the services, so the Django admin, a shell and the
-services all take the same path; the sessions end after commit (a rolled-back
-revocation ends nothing), on every server process (realtime.fanout sends the
-message through the channel layer).
+services all take the same path. After commit (a rolled-back revocation ends
+nothing) this app sends realtime.auth's `sessions_revoked` signal (part of the
+token-validator interface it implements); the realtime app receives it and
+ends the sessions on every server process. Server processes also check live
+sessions against their tokens every heartbeat, for revocations no signal
+reaches (another process without a shared channel layer, QuerySet.update()).
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 
-from realtime.fanout import publish_revocation
+from realtime.auth import sessions_revoked
 
 from .models import ApiToken
 
@@ -25,7 +28,7 @@ USER_DEACTIVATED = "user deactivated"
 
 def end_sessions_on_commit(token_ids: list[str], reason: str) -> None:
     if token_ids:
-        transaction.on_commit(lambda: publish_revocation(token_ids, reason))
+        transaction.on_commit(lambda: sessions_revoked.send(sender=ApiToken, token_ids=token_ids, reason=reason))
 
 
 def _token_saved(sender: Any, instance: ApiToken, created: bool, **kwargs: Any) -> None:

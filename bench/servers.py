@@ -54,7 +54,7 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 PYTHON = str(PROJECT_DIR / ".venv" / "bin" / "python")
 POSTGRES_URL = os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/9")
-# channels_redis' pub/sub layer: prefix "asgi" + "__group__" + the hub's group (realtime/fanout.py).
+# channels_redis' pub/sub layer: prefix "asgi" + "__group__" + the hubs' group (realtime/layer.py).
 CHANGES_CHANNEL = "asgi__group__dashboard.changes"
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0

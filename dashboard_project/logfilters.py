@@ -3,7 +3,7 @@
 channels-redis logs a full traceback every second from each process while
 Redis is unreachable ("Unexpected exception in receive task"). The hub
 already says once that the layer is down and once that it is back
-(realtime/fanout.py); the repeats only bury that, so identical records from
+(realtime/layer.py); the repeats only bury that, so identical records from
 the named loggers pass at most once per `seconds`, the next one saying how
 many were held back.
 """

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Protocol
 
 from channels.db import database_sync_to_async
 from django.conf import settings
@@ -18,22 +18,40 @@ from metrics.errors import VALIDATION_ERROR
 from metrics.schema import BUCKETS, get_bucket
 
 from . import fields
-from .auth import TokenExpired, validate_token
+from .auth import Session, TokenExpired, validate_token
 from .errors import NOT_FOUND, RATE_LIMITED, UNAUTHORIZED, ProtocolError, StoreError
-from .fanout import get_hub
 from .frames import encode
+from .hub import Hub
+from .live import Subscription
+from .login_failures import login_failures
 from .queries import QUERIES, get_query
-from .ratelimit import login_failures
-
-if TYPE_CHECKING:
-    from .consumer import DashboardConsumer
 
 logger = logging.getLogger(__name__)
 
 
+class Requester(Protocol):
+    """What the actions need of the connection a request came on (the
+    consumer), so that this table never imports the consumer that uses it."""
+
+    scope: dict[str, Any]
+    session: Session | None
+    hub: Hub
+    subscriptions: dict[str, Subscription]
+
+    def start_session(self, session: Session) -> None: ...
+
+    def end_session(self) -> None: ...
+
+    def next_subscription_id(self) -> str: ...
+
+    def register(self, subscription: Subscription) -> None: ...
+
+    def unsubscribe(self, subscription_id: str) -> bool: ...
+
+
 @dataclass
 class Context:
-    consumer: "DashboardConsumer"
+    consumer: Requester
     operation: str
     body: dict[str, Any]
 
@@ -196,7 +214,7 @@ async def store_buckets(ctx: Context) -> Any:
 async def store_stats(ctx: Context) -> Any:
     """The reference's stats shape; subscriptions are this process's."""
     per_bucket = await db(selectors.bucket_record_counts)()
-    hub = get_hub()
+    hub = ctx.consumer.hub
     indexes = {name: len(bucket.indexed_fields) for name, bucket in BUCKETS.items()}
     return {
         "name": "dashboard",
@@ -205,7 +223,7 @@ async def store_stats(ctx: Context) -> Any:
         "indexes": {"total": sum(indexes.values()), "perBucket": indexes},
         "queries": {
             "defined": len(QUERIES),
-            "activeSubscriptions": sum(len(live.subscriptions) for live in hub.live.values()),
+            "activeSubscriptions": sum(len(live.subscriptions) for live in hub.queries.live.values()),
         },
         "persistence": {"enabled": True},
         "ttl": {"enabled": False, "checkIntervalMs": 0},
@@ -282,7 +300,7 @@ async def store_subscribe(ctx: Context) -> Any:
     if len(consumer.subscriptions) >= limit:
         raise ProtocolError(RATE_LIMITED, f"Subscription limit reached (max {limit} per connection)")
     total = settings.DASHBOARD["MAX_SUBSCRIPTIONS_TOTAL"]
-    if consumer.hub.subscription_count >= total:
+    if consumer.hub.queries.subscription_count >= total:
         raise ProtocolError(RATE_LIMITED, f"Subscription limit reached (max {total} in total)")
     query = get_query(fields.non_empty_string(ctx.body, "query"))
     params = fields.optional_obj(ctx.body, "params") or {}
@@ -291,7 +309,7 @@ async def store_subscribe(ctx: Context) -> Any:
         raise StoreError(VALIDATION_ERROR, f'Invalid "params": at most {max_params} bytes')
     query.check_params(params)
     subscription_id = consumer.next_subscription_id()
-    subscription, initial = await consumer.hub.subscribe(consumer, subscription_id, query, params)
+    subscription, initial = await consumer.hub.queries.subscribe(consumer, subscription_id, query, params)
     # No await from here to the reply, so the reply precedes every push.
     consumer.register(subscription)
     return Encoded('{"subscriptionId":"' + subscription_id + '","data":' + initial + "}")

@@ -1,4 +1,4 @@
-"""App config for the protocol layer: subscribes the fan-out to store changes."""
+"""App config for the protocol layer: subscribes the hubs to store changes and session revocations."""
 from django.apps import AppConfig
 
 
@@ -8,6 +8,8 @@ class RealtimeConfig(AppConfig):
     def ready(self) -> None:
         from metrics.changes import records_changed
 
-        from .fanout import publish_change
+        from .auth import sessions_revoked
+        from .hub import publish_change, publish_revocation
 
         records_changed.connect(publish_change, dispatch_uid="realtime-publish-change")
+        sessions_revoked.connect(publish_revocation, dispatch_uid="realtime-publish-revocation")

@@ -13,6 +13,7 @@ from functools import lru_cache
 from typing import Callable
 
 from django.conf import settings
+from django.dispatch import Signal
 from django.utils.module_loading import import_string
 
 from .errors import UNAUTHORIZED, ProtocolError
@@ -41,6 +42,11 @@ class TokenExpired(ProtocolError):
 
 
 TokenValidator = Callable[[str], "Session | None"]
+
+# Sent (after commit) by whatever issues tokens, with `token_ids` (as in
+# Session.token_id) and `reason`, when sessions opened with those tokens must
+# end; the realtime app ends them on every server process.
+sessions_revoked = Signal()
 
 
 @lru_cache(maxsize=None)

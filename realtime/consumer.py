@@ -33,7 +33,8 @@ from .errors import (
     ProtocolError,
     StoreError,
 )
-from .fanout import Hub, Subscription, get_hub
+from .hub import Hub, get_hub
+from .live import Subscription
 from .outbox import Outbox
 from .permissions import is_allowed
 
@@ -93,7 +94,7 @@ class DashboardConsumer(AsyncWebsocketConsumer):
             await self.close_with(CLOSE_GOING_AWAY, "server_shutting_down")
             return
         address = client_address(self.scope)
-        if not self.hub.admit(self, address, limits["MAX_CONNECTIONS_PER_ADDRESS"],
+        if not self.hub.connections.admit(self, address, limits["MAX_CONNECTIONS_PER_ADDRESS"],
                               limits["MAX_UNAUTHENTICATED_PER_ADDRESS"]):
             await self.close_with(CLOSE_TOO_MANY_CONNECTIONS, "too_many_connections")
             return
@@ -115,7 +116,7 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         if self.login_timer is not None:
             self.login_timer.cancel()
             self.login_timer = None
-        self.hub.logged_in(self)
+        self.hub.connections.logged_in(self)
         self.outbox.set_user(session.user_id)
 
     def end_session(self) -> None:
@@ -139,8 +140,8 @@ class DashboardConsumer(AsyncWebsocketConsumer):
             self.login_timer = None
         if self.hub is not None:
             for subscription in self.subscriptions.values():
-                self.hub.unsubscribe(subscription)
-            self.hub.release(self)
+                self.hub.queries.unsubscribe(subscription)
+            self.hub.connections.release(self)
         self.subscriptions.clear()
         self.inbox.clear()
         if self.worker is not None:
@@ -281,7 +282,7 @@ class DashboardConsumer(AsyncWebsocketConsumer):
             resource = resource_of(operation, request.body)
             if not is_allowed(session, operation, resource):
                 raise ProtocolError(FORBIDDEN, f"No permission for {operation} on {resource}")
-            limiter = self.hub.request_limiter()
+            limiter = self.hub.connections.request_limiter()
             retry_after = limiter.retry_after_ms(session.user_id) if limiter is not None else 0
             if retry_after:
                 raise ProtocolError(
@@ -313,7 +314,7 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         subscription = self.subscriptions.pop(subscription_id, None)
         if subscription is None:
             return False
-        self.hub.unsubscribe(subscription)
+        self.hub.queries.unsubscribe(subscription)
         self.outbox.drop(subscription_id)
         return True
 

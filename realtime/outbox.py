@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import inspect
 import time
 import logging
 from typing import Any, Awaitable, Callable, Generator
@@ -171,17 +172,24 @@ class Outbox:
             self._send_asgi(frame)
 
     def _send_asgi(self, frame: str) -> None:
-        coroutine = self._send({"type": "websocket.send", "text": frame})
+        awaitable = self._send({"type": "websocket.send", "text": frame})
+        if not inspect.iscoroutine(awaitable):
+            # ASGI promises an awaitable, not a coroutine (a Future, an eager
+            # task, an object with __await__): the drain task awaits it.
+            self._drain = asyncio.ensure_future(self._finish(awaitable))
+            return
+        # A coroutine (uvicorn's, daphne's) is started here: when it does not
+        # suspend, the frame is sent without a task switch.
         try:
-            waiting_on = coroutine.send(None)
+            waiting_on = awaitable.send(None)
         except StopIteration:
             return
-        except Exception:
-            self._failed()
+        except Exception as error:
+            self._failed(error)
             return
-        self._drain = asyncio.ensure_future(self._finish(_Resume(coroutine, waiting_on)))
+        self._drain = asyncio.ensure_future(self._finish(_Resume(awaitable, waiting_on)))
 
-    async def _finish(self, pending: _Resume) -> None:
+    async def _finish(self, pending: Awaitable[Any]) -> None:
         try:
             await pending
             self.progress_at = time.monotonic()
@@ -198,12 +206,17 @@ class Outbox:
                 self.progress_at = time.monotonic()
         except asyncio.CancelledError:
             raise
-        except Exception:
-            self._failed()
+        except Exception as error:
+            self._failed(error)
         finally:
             self._drain = None
 
-    def _failed(self) -> None:
-        # The client is gone; the consumer's disconnect() cleans up.
-        logger.debug("send failed on a closing connection", exc_info=True)
+    def _failed(self, error: Exception) -> None:
+        """A send raised: nothing more can go out on this connection. A client
+        that went away is ordinary (the consumer's disconnect() cleans up);
+        anything else is logged, never dropped silently."""
+        if isinstance(error, (ConnectionError, OSError)) or self.closed:
+            logger.debug("send failed on a closing connection", exc_info=error)
+        else:
+            logger.warning("sending a frame failed; closing the connection's outbox", exc_info=error)
         self.close()

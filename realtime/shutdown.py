@@ -21,6 +21,7 @@ from django.conf import settings
 
 from .errors import CLOSE_NORMAL
 from .frames import system_frame
+from .hub import running_hubs
 
 logger = logging.getLogger(__name__)
 
@@ -80,15 +81,12 @@ def _call(previous: Any, signum: int, frame: Any) -> None:
 async def close_all_connections() -> None:
     """Sends the shutdown frame to every local connection, waits the grace
     period, then closes them with 1000 server_shutdown."""
-    from .fanout import _local_hub
-
     global shutting_down
     shutting_down = True
-    hub = _local_hub
-    if hub is None or not hub.connections:
+    connections = [viewer for hub in running_hubs() for viewer in hub.connections]
+    if not connections:
         return
     grace_ms = settings.DASHBOARD["SHUTDOWN_GRACE_MS"]
-    connections = list(hub.connections)
     frame = system_frame("shutdown", gracePeriodMs=grace_ms)
     for consumer in connections:
         consumer.enqueue(frame)

@@ -13,8 +13,8 @@ from channels.testing import WebsocketCommunicator
 from accounts.services import demo_tokens_seed
 from dashboard_project.asgi import application
 from metrics import records
-from realtime import fanout
-from realtime.ratelimit import login_failures
+from realtime import hub as hubs
+from realtime.login_failures import login_failures
 
 # The server helpers' asserts explain themselves too (before any test module imports them).
 pytest.register_assert_rewrite("tests.servers")
@@ -91,12 +91,12 @@ class Client:
 def fresh_process_state():
     """Each test runs on its own event loop: give it its own layer and hub."""
     channel_layers.backends = {}
-    fanout._hubs.clear()
+    hubs.forget_all()
     records.clear_cache()
     login_failures.clear()
     yield
     channel_layers.backends = {}
-    fanout._hubs.clear()
+    hubs.forget_all()
 
 
 @pytest.fixture(autouse=True)
@@ -147,8 +147,7 @@ async def connect():
     yield open_client
     for communicator in opened:
         await communicator.disconnect(timeout=TIMEOUT)
-    for hub in list(fanout._hubs.values()):
-        await hub.stop()
+    await hubs.stop_all()
     # The database thread keeps its connection open (CONN_MAX_AGE); close it
     # so the test database can be dropped at the end.
     await database_sync_to_async(connections.close_all)()

@@ -18,9 +18,10 @@ from django.utils import timezone
 from accounts.models import ApiToken
 from accounts.services import token_create, token_revoke
 from metrics.models import Alert, Metric
-from realtime import fanout, permissions
+from realtime import permissions
+from realtime.hub import get_hub
 from realtime.auth import Session
-from realtime.ratelimit import WINDOW_SECONDS, FailureWindow, login_failures
+from realtime.login_failures import WINDOW_SECONDS, FailureWindow, login_failures
 from tests.conftest import Client, metric
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -74,7 +75,7 @@ async def test_login_with_an_issued_token(connect):
         "authenticated": True, "userId": "alice", "roles": ["admin"], "expiresAt": expires_ms,
     }
     # What revocation matches on.
-    [consumer] = fanout.get_hub().connections
+    [consumer] = list(get_hub().connections)
     assert consumer.session.token_id == str(token.pk)
 
 

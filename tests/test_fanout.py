@@ -11,7 +11,10 @@ from django.db import transaction
 
 from metrics import derived
 from metrics.models import Metric
-from realtime import fanout
+from channels.layers import get_channel_layer
+
+from realtime.hub import get_hub
+from realtime.layer import CHANGES_GROUP
 from tests.conftest import metric
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -35,12 +38,12 @@ async def test_each_distinct_query_evaluated_once_and_one_layer_message(connect,
     viewers = [await connect("viewer-token") for _ in range(50)]
     for viewer in viewers:
         await viewer.ok("store.subscribe", query="metric-count")
-    hub = fanout.get_hub()
-    [live] = hub.live.values()
+    hub = get_hub()
+    [live] = hub.queries.live.values()
     assert len(live.subscriptions) == 50
 
     sent: list[tuple[str, dict]] = []
-    layer = fanout.get_channel_layer()
+    layer = get_channel_layer()
     original = layer.group_send
 
     async def counting_group_send(group, message):
@@ -48,15 +51,15 @@ async def test_each_distinct_query_evaluated_once_and_one_layer_message(connect,
         await original(group, message)
 
     monkeypatch.setattr(layer, "group_send", counting_group_send)
-    evaluations, received = live.evaluations, hub.changes_received
+    evaluations, received = live.evaluations, hub.queries.changes_received
     await admin.ok("store.insert", bucket="metrics", data=metric())
     for viewer in viewers:
         assert (await viewer.push())["data"] == 1
     assert live.evaluations - evaluations == 1
-    assert hub.changes_received - received == 1
+    assert hub.queries.changes_received - received == 1
     assert len(sent) == 1
     group, message = sent[0]
-    assert group == fanout.CHANGES_GROUP
+    assert group == CHANGES_GROUP
     # Only primitives cross the layer.
     assert json.loads(json.dumps(message)) == message
     assert message["changes"] == {"metrics": [message["changes"]["metrics"][0]]}
@@ -152,8 +155,8 @@ async def test_lost_layer_messages_are_repaired_when_the_layer_returns(connect, 
     settings.DASHBOARD = {**settings.DASHBOARD, "LAYER_PROBE_SECONDS": 0.05}
     viewer = await connect("viewer-token")
     sub = await viewer.ok("store.subscribe", query="metric-count")
-    hub = fanout.get_hub()
-    layer = fanout.get_channel_layer()
+    hub = get_hub()
+    layer = get_channel_layer()
     original = layer.group_send
     outage = True
 
@@ -164,7 +167,7 @@ async def test_lost_layer_messages_are_repaired_when_the_layer_returns(connect, 
 
     monkeypatch.setattr(layer, "group_send", flaky_group_send)
     async with asyncio.timeout(5):  # the next probe notices the outage
-        while hub.layer_healthy:
+        while hub.link.healthy:
             await asyncio.sleep(0.01)
     # bulk_create sends no signals: as if another process wrote meanwhile
     # (the readings and, as its writes would, the per-name figures).
@@ -177,4 +180,4 @@ async def test_lost_layer_messages_are_repaired_when_the_layer_returns(connect, 
     assert await viewer.push() == {
         "type": "push", "channel": "subscription", "subscriptionId": sub["subscriptionId"], "data": 3,
     }
-    assert hub.layer_healthy and hub.resyncs == 1 and hub.layer_failures >= 1
+    assert hub.link.healthy and hub.link.resyncs == 1 and hub.link.failures >= 1

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dashboard_project.asgi import application
-from realtime import fanout
+from realtime import hub as hubs
 from realtime.actions import ACTIONS
 from realtime.errors import (
     BUCKET_NOT_DEFINED, CONFLICT, FORBIDDEN, INTERNAL_ERROR, INVALID_REQUEST, NOT_FOUND, PARSE_ERROR,
@@ -154,7 +154,7 @@ def _finite(number) -> bool:
 def test_generated_frames_get_one_well_formed_answer_each(batch, as_admin):
     async def scenario():
         channel_layers.backends = {}
-        fanout._hubs.clear()
+        hubs.forget_all()
         admin = WebsocketCommunicator(application, "/ws/")
         client = WebsocketCommunicator(application, "/ws/")
         try:
@@ -196,8 +196,7 @@ def test_generated_frames_get_one_well_formed_answer_each(batch, as_admin):
         finally:
             await admin.disconnect()
             await client.disconnect()
-            for hub in list(fanout._hubs.values()):
-                await hub.stop()
+            await hubs.stop_all()
             from channels.db import database_sync_to_async
             from django.db import connections
 

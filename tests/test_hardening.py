@@ -14,7 +14,7 @@ from channels.testing import WebsocketCommunicator
 
 from dashboard_project.asgi import application
 from metrics import selectors
-from realtime import fanout
+from realtime.hub import get_hub
 from realtime.quotas import OutboxLedger
 from tests.conftest import metric
 
@@ -166,7 +166,7 @@ async def test_the_check_ends_only_sessions_of_invalid_tokens(connect):
     clients = [await connect(raw) for raw in (revoked_raw, kept_raw, gone_raw)]
     await sync_to_async(ApiToken.objects.filter(pk=revoked.pk).update)(revoked=True)
     await sync_to_async(delete_by_sql)(gone.pk)  # as another process would, no signal here
-    await fanout.get_hub().recheck_sessions()
+    await get_hub().connections.recheck_sessions()
     assert await clients[0].receive() == {"type": "system", "event": "session_revoked", "reason": "token revoked"}
     assert await clients[2].receive() == {"type": "system", "event": "session_revoked", "reason": "token deleted"}
     assert (await clients[1].ok("auth.whoami"))["authenticated"] is True

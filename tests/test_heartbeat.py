@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from realtime import fanout
+from realtime.hub import get_hub
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -28,10 +28,10 @@ async def test_ping_answered_by_pong_keeps_connection(fast_heartbeat, connect):
 async def test_unanswered_ping_closes_with_4001_and_releases_subscriptions(fast_heartbeat, connect):
     client = await connect("viewer-token")
     await client.ok("store.subscribe", query="metric-count")
-    hub = fanout.get_hub()
-    assert len(hub.live) == 1 and len(hub.connections) == 1
+    hub = get_hub()
+    assert len(hub.queries.live) == 1 and len(hub.connections) == 1
     ping = await client.receive()
     assert ping["type"] == "ping"
     closed = await client.communicator.receive_output(timeout=2)
     assert closed == {"type": "websocket.close", "code": 4001, "reason": "heartbeat_timeout"}
-    assert hub.live == {} and hub.connections == set()
+    assert hub.queries.live == {} and len(hub.connections) == 0

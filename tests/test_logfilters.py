@@ -33,7 +33,7 @@ def test_other_messages_and_other_loggers_are_not_held_back():
     assert repeats.filter(record("channels_redis.pubsub", "second kind %s", "x"))
     assert not repeats.filter(record("channels_redis.pubsub", "first kind"))
     for _ in range(3):
-        assert repeats.filter(record("realtime.fanout", "a layer probe did not come back"))
+        assert repeats.filter(record("realtime.layer", "a layer probe did not come back"))
 
 
 def test_the_count_keeps_the_records_own_arguments_intact():

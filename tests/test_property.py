@@ -10,7 +10,7 @@ from channels.layers import channel_layers
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from realtime import fanout
+from realtime import hub as hubs
 from tests.conftest import Client, metric
 
 NAMES = ["cpu", "mem", "disk"]
@@ -125,7 +125,7 @@ def test_subscribers_converge_on_fresh_results(steps):
     async def scenario():
         # Each example runs on a fresh event loop: fresh layer and hub too.
         channel_layers.backends = {}
-        fanout._hubs.clear()
+        hubs.forget_all()
         from channels.testing import WebsocketCommunicator
 
         from dashboard_project.asgi import application
@@ -149,7 +149,6 @@ def test_subscribers_converge_on_fresh_results(steps):
         finally:
             for communicator in communicators:
                 await communicator.disconnect()
-            for hub in list(fanout._hubs.values()):
-                await hub.stop()
+            await hubs.stop_all()
 
     asyncio.run(scenario())

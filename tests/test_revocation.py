@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 from asgiref.sync import sync_to_async
 
-from realtime import fanout
+from realtime.auth import sessions_revoked
+from realtime.hub import get_hub
 from realtime.auth import Session
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -28,14 +29,14 @@ async def test_revocation_closes_only_matching_sessions(tokens, connect):
     alice = await connect("token-a")
     bob = await connect("token-b")
     await alice.ok("store.subscribe", query="metric-count")
-    hub = fanout.get_hub()
+    hub = get_hub()
     # From a worker thread, as a model signal or management command would.
-    await sync_to_async(fanout.publish_revocation)(["1"], "token revoked")
+    await sync_to_async(sessions_revoked.send)(sender=None, token_ids=["1"], reason="token revoked")
     assert await alice.receive() == {"type": "system", "event": "session_revoked", "reason": "token revoked"}
     assert await alice.communicator.receive_output(timeout=2) == {
         "type": "websocket.close", "code": 4002, "reason": "session_revoked",
     }
-    assert hub.live == {}
+    assert hub.queries.live == {}
     assert await bob.ok("auth.whoami") == {
         "authenticated": True, "userId": "bob", "roles": ["viewer"], "expiresAt": None,
     }

@@ -15,7 +15,8 @@ from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
 from dashboard_project.asgi import application
-from realtime import fanout, wire
+from realtime import hub as hubs
+from realtime import wire
 from realtime.outbox import Outbox
 from tests.conftest import metric
 from tests.servers import LiveServer, open_client, push_frame
@@ -78,13 +79,12 @@ class InProcessServer:
     async def __aexit__(self, *exc_info) -> None:
         self.server.should_exit = True
         await asyncio.wait_for(self.task, 10)
-        for hub in list(fanout._hubs.values()):
-            await hub.stop()
+        await hubs.stop_all()
         await database_sync_to_async(connections.close_all)()
 
 
 def server_side_outbox() -> Outbox:
-    (hub,) = fanout._hubs.values()
+    (hub,) = hubs.running_hubs()
     (consumer,) = [c for c in hub.connections if c.session is not None and "viewer" in c.session.roles]
     return consumer.outbox
 

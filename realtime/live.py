@@ -1,0 +1,246 @@
+"""Live queries: each distinct (query, params) that local subscriptions hold,
+evaluated once per round and pushed to the subscriptions whose result changed.
+
+Changes (bucket names) and results gone stale with time (sliding windows)
+are gathered and evaluated in rounds; changes that arrive while a round runs
+are merged into the next one, so under a burst a subscription may skip
+intermediate results but always gets the result after the last change (the
+protocol's latest-state guarantee). See docs/fanout.md.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+
+from .frames import encode, push_frame_prefix
+from .queries import QueryDef, QueryStore
+from .auth import Session
+from .quotas import LiveQueryQuota
+
+logger = logging.getLogger(__name__)
+
+# How often to look for results that time made stale (sliding windows,
+# whose finest step is 1 s).
+REFRESH_TICK_SECONDS = 0.25
+
+QueryKey = tuple[str, str]
+
+
+class Viewer(Protocol):
+    """What live queries need of a subscriber's connection (the consumer)."""
+
+    session: Session | None
+
+    def deliver_push(self, subscription: "Subscription", body: tuple[str, ...], body_utf8: tuple[bytes, ...]) -> None:
+        """Queues a push whose data is `body` (shared by every subscriber); never awaits."""
+
+
+@dataclass(eq=False, slots=True)
+class Subscription:
+    viewer: Viewer
+    subscription_id: str
+    live: "LiveQuery"
+    last_json: str
+    # The session last found allowed to receive this subscription's pushes.
+    allowed_for: Any = None
+    # Everything of the push frame before the data: made once, used per push.
+    frame_prefix: str = ""
+    # The user it was made for, whose live-query quota it counts against.
+    owner: str = ""
+
+    def __post_init__(self) -> None:
+        self.frame_prefix = push_frame_prefix(self.subscription_id)
+
+
+@dataclass(eq=False)
+class LiveQuery:
+    query: QueryDef
+    params: dict[str, Any]
+    key: QueryKey
+    buckets: set[str] = field(default_factory=set)
+    subscriptions: dict[int, Subscription] = field(default_factory=dict)
+    evaluations: int = 0
+    # The JSON of the last round's result; subscriptions that hold this very
+    # string are known to be up to date with it.
+    last_json: str | None = None
+    # When (ms since epoch) the result goes stale with time alone (a sliding
+    # window), or None.
+    refresh_at: float | None = None
+
+
+def evaluate(live: LiveQuery) -> str:
+    """The query's current result as JSON; runs in the database thread."""
+    store = QueryStore()
+    result = live.query.function(store, live.params)
+    live.buckets = store.buckets_read
+    live.refresh_at = store.refresh_at
+    live.evaluations += 1
+    return encode(result)
+
+
+def evaluate_all(lives: list[LiveQuery]) -> list[str | BaseException]:
+    results: list[str | BaseException] = []
+    for live in lives:
+        try:
+            results.append(evaluate(live))
+        except Exception as error:  # one broken query must not stop the others
+            logger.exception("evaluating query %s failed", live.query.name)
+            results.append(error)
+    return results
+
+
+class LiveQueries:
+    """The process's live queries and their evaluation rounds."""
+
+    def __init__(self) -> None:
+        self.live: dict[QueryKey, LiveQuery] = {}
+        self.subscription_count = 0
+        self.quota = LiveQueryQuota()
+        self.pending: set[str] = set()
+        self.due: set[QueryKey] = set()
+        self.wakeup = asyncio.Event()
+        # Serializes every read that feeds a subscription (initial results
+        # and re-evaluations), so no push can carry an older result than one a
+        # subscription already has.
+        self.lock = asyncio.Lock()
+        self.rounds = 0
+        self.changes_received = 0
+
+    def tasks(self) -> list[asyncio.Task]:
+        return [
+            asyncio.create_task(self._evaluate_changes(), name="live-evaluate"),
+            asyncio.create_task(self._refresh_stale(), name="live-refresh-stale"),
+        ]
+
+    # --- subscriptions ---------------------------------------------------
+
+    async def subscribe(
+        self, viewer: Viewer, subscription_id: str, query: QueryDef, params: dict[str, Any]
+    ) -> tuple[Subscription, str]:
+        """Registers a subscription and returns it with its initial result's JSON.
+
+        The caller must send the reply before yielding to the loop again, so
+        the reply goes out before any push for the subscription.
+        """
+        key = (query.name, encode(params))
+        owner = viewer.session.user_id if viewer.session is not None else ""
+        limits = settings.DASHBOARD
+        async with self.lock:
+            existing = self.live.get(key)
+            self.quota.check(owner, key, len(self.live), existing is not None,
+                             limits["MAX_LIVE_QUERIES_PER_USER"], limits["MAX_LIVE_QUERIES"])
+            live = existing or LiveQuery(query=query, params=params, key=key)
+            [result] = await database_sync_to_async(evaluate_all)([live])
+            if isinstance(result, BaseException):
+                raise result
+            subscription = Subscription(viewer, subscription_id, live, result, owner=owner)
+            live.subscriptions[id(subscription)] = subscription
+            self.subscription_count += 1
+            self.quota.add(owner, key)
+            self.live[key] = live
+            return subscription, result
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        live = subscription.live
+        if live.subscriptions.pop(id(subscription), None) is not None:
+            self.subscription_count -= 1
+            self.quota.remove(subscription.owner, live.key)
+        if not live.subscriptions and self.live.get(live.key) is live:
+            del self.live[live.key]
+
+    # --- what to evaluate ------------------------------------------------
+
+    def note_changes(self, buckets: Any) -> None:
+        """These buckets changed (committed): evaluate what reads them."""
+        self.changes_received += 1
+        self.pending.update(buckets)
+        self.wakeup.set()
+
+    def all_stale(self) -> None:
+        """Every live query may be stale (a lost layer message, another
+        process's write no message announced): evaluate them all."""
+        for live in self.live.values():
+            self.pending.update(live.buckets)
+        self.wakeup.set()
+
+    async def _refresh_stale(self) -> None:
+        """Marks live queries whose result goes stale with time (a sliding
+        window's next step) for the next round. A tick is a scan of the live
+        queries, far cheaper than any evaluation."""
+        while True:
+            await asyncio.sleep(REFRESH_TICK_SECONDS)
+            now = time.time() * 1000
+            for key, live in self.live.items():
+                if live.refresh_at is not None and live.refresh_at <= now:
+                    live.refresh_at = None  # set again by its evaluation
+                    self.due.add(key)
+            if self.due:
+                self.wakeup.set()
+
+    # --- rounds ----------------------------------------------------------
+
+    async def _evaluate_changes(self) -> None:
+        loop = asyncio.get_running_loop()
+        rest_until = 0.0
+        while True:
+            await self.wakeup.wait()
+            # Optionally rest after a round (FANOUT_REST_RATIO × its duration)
+            # so that a stream of writes is covered by fewer rounds; a lone
+            # change is still evaluated at once.
+            rest = rest_until - loop.time()
+            if rest > 0:
+                await asyncio.sleep(rest)
+            self.wakeup.clear()
+            started = loop.time()
+            try:
+                await self.run_round()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("fan-out round failed")
+            finished = loop.time()
+            rest_until = finished + (finished - started) * settings.DASHBOARD["FANOUT_REST_RATIO"]
+
+    async def run_round(self) -> None:
+        async with self.lock:
+            changed, self.pending = self.pending, set()
+            due, self.due = self.due, set()
+            lives = [live for key, live in self.live.items() if live.buckets & changed or key in due]
+            if not lives:
+                return
+            self.rounds += 1
+            results = await database_sync_to_async(evaluate_all)(lives)
+            # From here to the end nothing awaits: subscriptions cannot change
+            # under the loop, and each viewer only queues the frames.
+            for live, result in zip(lives, results):
+                if not isinstance(result, BaseException):
+                    _deliver(live, result)
+
+
+def _deliver(live: LiveQuery, result: str) -> None:
+    previous, live.last_json = live.last_json, result
+    # Subscriptions that hold the previous round's string (most of them)
+    # share one comparison; newer ones compare their own.
+    changed_since_previous = previous is None or previous != result
+    # The part of the push frame after the subscription id is the same for
+    # every subscriber: encoded once, when first needed.
+    body: tuple[str, str] = (result, "}")
+    body_utf8: tuple[bytes, bytes] | None = None
+    # Delivery never changes the subscriptions synchronously (a close is
+    # scheduled), so the dict is iterated as it is.
+    for subscription in live.subscriptions.values():
+        if subscription.last_json is previous:
+            changed = changed_since_previous
+        else:
+            changed = subscription.last_json != result
+        subscription.last_json = result
+        if changed:
+            if body_utf8 is None:
+                body_utf8 = (result.encode(), b"}")
+            subscription.viewer.deliver_push(subscription, body, body_utf8)
