@@ -8,6 +8,7 @@ sends nothing. Receivers (the realtime fan-out) run in the committing thread.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from django.db import connection, transaction
@@ -15,6 +16,8 @@ from django.db.models.signals import post_delete, post_save
 from django.dispatch import Signal
 
 from . import records
+
+logger = logging.getLogger(__name__)
 
 # Sent with `changes`: {bucket name: sorted list of changed keys, or None when
 # the whole bucket changed (a clear, or too many keys to list)}.
@@ -79,10 +82,27 @@ def note_saved(bucket: str, seq: int, record: Any) -> None:
         pending.saved.append((bucket, seq, record))
 
 
+# The one private Django interface used here, fenced: Django 5.2 keeps
+# `connection.run_on_commit` as a list of (savepoint ids, callback, robust)
+# tuples and drops those of rolled-back savepoints, which tells whether a
+# pending set will still be sent. tests/test_services.py fails if the layout
+# changes; at run time an unexpected layout is logged once and treated as "not
+# scheduled": a new set is started, so a change may be published twice (an
+# extra evaluation, never a lost or repeated push).
+RUN_ON_COMMIT_CHECKED_WITH = (5, 2)
+_layout_warned = False
+
+
 def _scheduled(pending: ChangeSet) -> bool:
-    # Django keeps (savepoint ids, callback, robust) tuples here and drops those
-    # of rolled-back savepoints, so this says whether the set will be sent.
-    return any(entry[1] == pending.publish for entry in connection.run_on_commit)
+    global _layout_warned
+    try:
+        return any(entry[1] == pending.publish for entry in connection.run_on_commit)
+    except (AttributeError, TypeError, IndexError):
+        if not _layout_warned:
+            _layout_warned = True
+            logger.warning("Django's run_on_commit layout changed (checked with Django %s): a transaction's "
+                           "changes may be published more than once", ".".join(map(str, RUN_ON_COMMIT_CHECKED_WITH)))
+        return False
 
 
 def _on_save(sender: Any, instance: Any, **kwargs: Any) -> None:

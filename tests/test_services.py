@@ -278,3 +278,22 @@ def test_published_on_commit_with_captured_callbacks(published, django_capture_o
         assert published == []
     assert len(callbacks) == 1
     assert published == [{"metrics": ["a", "b"]}]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_fenced_on_commit_layout_is_still_django_s():
+    """metrics.changes reads Django's private run_on_commit entries to know
+    whether a transaction's change set is still scheduled; this fails when a
+    Django upgrade changes that layout."""
+    import django
+    from django.db import connection
+
+    from metrics import changes
+
+    assert django.VERSION[:2] == changes.RUN_ON_COMMIT_CHECKED_WITH
+    with transaction.atomic():
+        services.record_insert(bucket=METRICS, data=row("x", id="fence"))
+        [(savepoint_ids, callback, robust)] = connection.run_on_commit
+        pending = connection._dashboard_changes
+        assert callback == pending.publish and changes._scheduled(pending)
+        assert isinstance(savepoint_ids, set) and robust is False
