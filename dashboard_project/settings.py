@@ -15,7 +15,7 @@ from typing import Any
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from metrics.durations import parse_duration
+from dashboard_client.durations import parse_duration
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 

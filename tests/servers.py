@@ -410,9 +410,9 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.fixture
 async def open_dashboard_client():
-    """Opens realtime.client.DashboardClient instances with quick reconnects;
+    """Opens dashboard_client.DashboardClient instances with quick reconnects;
     always closes them."""
-    from realtime.client import Backoff, DashboardClient
+    from dashboard_client import Backoff, DashboardClient
 
     opened: list[DashboardClient] = []
 

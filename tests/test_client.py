@@ -1,4 +1,4 @@
-"""The Python client (realtime.client) against a real server process: every
+"""The Python client (dashboard_client) against a real server process: every
 operation, errors, subscriptions, heartbeat, and surviving a server restart.
 
 System notices the server sends only in situations a test cannot cheaply
@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from websockets.asyncio.server import serve
 
-from realtime.client import (
+from dashboard_client import (
     Backoff,
     ConnectionLost,
     DashboardError,

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 from django.db import transaction
 
+from dashboard_client.collector import HostSampler, as_operations, host_label
+from dashboard_client.durations import format_duration, parse_duration
 from metrics import retention, services
 from metrics.changes import records_changed
-from metrics.durations import format_duration, parse_duration
 from metrics.schema import BUCKETS
-from realtime.collector import HostSampler, as_operations, host_label
 
 from .servers import live_server, open_dashboard_client, redis_url_if_reachable, template_database  # noqa: F401  (fixtures)
 

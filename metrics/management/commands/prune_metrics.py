@@ -6,8 +6,8 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from dashboard_client.durations import duration_argument, format_duration
 from metrics import derived
-from metrics.durations import duration_argument, format_duration
 from metrics.retention import DEFAULT_BATCH, prune_raw, prune_tiers, retention_ms_by_tier
 
 

@@ -2,10 +2,10 @@
 
 Linux's /proc gives CPU time, memory and network counters in a few lines of
 text, so no dependency is needed (psutil would add a compiled package to the
-server's requirements for six numbers). Load average and disk use come from
+client's requirements for six numbers). Load average and disk use come from
 `os.getloadavg` and `shutil.disk_usage`, which also work on macOS; metrics
-whose source is missing are left out of the sample. Plain Python, no Django:
-the `collect_host_metrics` command only parses options and calls `collect`.
+whose source is missing are left out of the sample. Its command line
+(`dashboard-collect`, and the server's `collect_host_metrics`) is in `cli`.
 """
 from __future__ import annotations
 
@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .client import ConnectionLost, DashboardClient, RequestTimeout
+from .connection import DashboardClient
+from .errors import ConnectionLost, RequestTimeout
 
-logger = logging.getLogger("realtime.collector")
+logger = logging.getLogger("dashboard_client.collector")
 
 BUCKET = "metrics"
 

@@ -1,5 +1,6 @@
 """Durations as operators type them (`500ms`, `30s`, `15m`, `1h`, `7d`, `2w`),
-for the management commands' options. Plain Python, no Django."""
+for command-line options and settings: the client's commands use them, and so
+does the server (its retention settings and `prune_metrics`)."""
 from __future__ import annotations
 
 import argparse

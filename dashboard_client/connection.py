@@ -16,7 +16,7 @@ from .backoff import Backoff
 from .errors import ConnectionLost, DashboardError, RequestTimeout, SessionRevoked
 from .subscriptions import Callback, Subscription
 
-logger = logging.getLogger("realtime.client")
+logger = logging.getLogger("dashboard_client")
 
 # Close code the server uses after a `session_revoked` system frame.
 CLOSE_SESSION_REVOKED = 4002

@@ -6,20 +6,24 @@ import asyncio
 import collections
 import inspect
 import logging
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Protocol
 
 from .errors import ENDED, DashboardError
 
-if TYPE_CHECKING:
-    from .connection import DashboardClient
-
-logger = logging.getLogger("realtime.client")
+logger = logging.getLogger("dashboard_client")
 
 # Called with each result: the initial one, every push, and the fresh initial
 # result after each resubscription. May be a plain function (run at once, in
 # the client's reader: keep it quick) or a coroutine function (run in order,
 # one at a time, in a task of the subscription's own).
 Callback = Callable[[Any], "Awaitable[None] | None"]
+
+
+class Unsubscriber(Protocol):
+    """What a subscription needs of its client (a DashboardClient), named here
+    so that this module does not import the one that imports it."""
+
+    async def unsubscribe(self, subscription: "Subscription") -> None: ...
 
 
 class Subscription:
@@ -31,7 +35,7 @@ class Subscription:
     id (it changes after a reconnect); `error` says why the subscription
     ended when the server refused it on resubscribing."""
 
-    def __init__(self, client: "DashboardClient", query: str, params: dict[str, Any] | None,
+    def __init__(self, client: Unsubscriber, query: str, params: dict[str, Any] | None,
                  callback: Callback | None) -> None:
         self.client = client
         self.query = query
