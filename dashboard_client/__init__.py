@@ -11,6 +11,7 @@ it as they are. Besides the client it holds the host metrics collector
         await c.insert("metrics", {"name": "cpu", "value": 12.5, "unit": "%", "timestamp": ms})
         sub = await c.subscribe("metrics-by-name", {"name": "cpu"}, on_result)
 """
+
 from .backoff import Backoff
 from .connection import DashboardClient
 from .errors import ConnectionLost, DashboardError, RequestTimeout, SessionRevoked

@@ -1,4 +1,5 @@
 """Reconnect delays: exponential, capped, with jitter."""
+
 from __future__ import annotations
 
 import random

@@ -6,6 +6,7 @@ options that writes its output a line at a time through `write`, so the
 console scripts here and the Django commands share options, help and
 behaviour. Failures to report in one line raise CommandFailed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,8 +16,9 @@ import logging
 import os
 import signal
 import sys
-from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 from .collector import HostSampler, collect, host_label
 from .connection import DashboardClient
@@ -49,12 +51,23 @@ class CommandFailed(Exception):
 
 
 def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", default=os.environ.get("DASHBOARD_URL") or DEFAULT_URL,
-                        help="the server's WebSocket URL (default: $DASHBOARD_URL or %(default)s)")
-    parser.add_argument("--token", default=os.environ.get("DASHBOARD_TOKEN"),
-                        help="the token to log in with (default: $DASHBOARD_TOKEN)")
-    parser.add_argument("--wait-for-server", type=duration_argument, default=30.0, metavar="DURATION",
-                        help="how long to keep trying when the server is not up yet (default: 30s)")
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("DASHBOARD_URL") or DEFAULT_URL,
+        help="the server's WebSocket URL (default: $DASHBOARD_URL or %(default)s)",
+    )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("DASHBOARD_TOKEN"),
+        help="the token to log in with (default: $DASHBOARD_TOKEN)",
+    )
+    parser.add_argument(
+        "--wait-for-server",
+        type=duration_argument,
+        default=30.0,
+        metavar="DURATION",
+        help="how long to keep trying when the server is not up yet (default: 30s)",
+    )
 
 
 def make_client(options: Mapping[str, Any]) -> DashboardClient:
@@ -70,6 +83,8 @@ def run(main: Callable[[asyncio.Event], Awaitable[Any]]) -> Any:
     async def runner() -> Any:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
+        main_task = asyncio.current_task()
+        assert main_task is not None  # asyncio.run runs this in a task
 
         def on_signal() -> None:
             if stop.is_set():
@@ -78,8 +93,6 @@ def run(main: Callable[[asyncio.Event], Awaitable[Any]]) -> Any:
 
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, on_signal)
-        main_task = asyncio.current_task()
-        assert main_task is not None
         try:
             return await main(stop)
         finally:
@@ -99,17 +112,23 @@ def run(main: Callable[[asyncio.Event], Awaitable[Any]]) -> Any:
 
 def add_collect_arguments(parser: argparse.ArgumentParser) -> None:
     add_connection_arguments(parser)
-    parser.add_argument("--interval", type=positive_duration_argument, default=5.0, metavar="DURATION",
-                        help="time between samples, e.g. 1s, 500ms (default: 5s); CPU and network "
-                             "rates are measured over it")
-    parser.add_argument("--once", action="store_true",
-                        help="store one sample (measured over one interval) and exit")
-    parser.add_argument("--host-label", default="", metavar="LABEL",
-                        help="put LABEL in the names (host.LABEL.cpu, ...) so that several machines "
-                             "can report to one server; 'auto' uses this machine's host name "
-                             "(default: no label, names are host.cpu, ...)")
-    parser.add_argument("--disk", default="/", metavar="PATH",
-                        help="report the filesystem holding PATH (default: /)")
+    parser.add_argument(
+        "--interval",
+        type=positive_duration_argument,
+        default=5.0,
+        metavar="DURATION",
+        help="time between samples, e.g. 1s, 500ms (default: 5s); CPU and network rates are measured over it",
+    )
+    parser.add_argument("--once", action="store_true", help="store one sample (measured over one interval) and exit")
+    parser.add_argument(
+        "--host-label",
+        default="",
+        metavar="LABEL",
+        help="put LABEL in the names (host.LABEL.cpu, ...) so that several machines "
+        "can report to one server; 'auto' uses this machine's host name "
+        "(default: no label, names are host.cpu, ...)",
+    )
+    parser.add_argument("--disk", default="/", metavar="PATH", help="report the filesystem holding PATH (default: /)")
 
 
 def collect_host_metrics(options: Mapping[str, Any], write: Write) -> int:
@@ -163,11 +182,21 @@ def positive_int(text: str) -> int:
 
 def add_watch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("query", help="a query name, e.g. metric-count, metrics-by-name")
-    parser.add_argument("--params", type=json_object, default=None, metavar="JSON",
-                        help='the query\'s params as a JSON object, e.g. \'{"name": "host.cpu"}\'')
+    parser.add_argument(
+        "--params",
+        type=json_object,
+        default=None,
+        metavar="JSON",
+        help='the query\'s params as a JSON object, e.g. \'{"name": "host.cpu"}\'',
+    )
     add_connection_arguments(parser)
-    parser.add_argument("--count", type=positive_int, default=None, metavar="N",
-                        help="exit after N pushes (initial results do not count)")
+    parser.add_argument(
+        "--count",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="exit after N pushes (initial results do not count)",
+    )
     parser.add_argument("--pretty", action="store_true", help="indent the JSON")
 
 
@@ -186,7 +215,7 @@ def watch_query(options: Mapping[str, Any], write: Write) -> None:
                 # The only subscription; the callback also runs before
                 # subscribe() returns, so it is looked up, not captured.
                 subscription = client.subscriptions[0]
-                when = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+                when = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
                 kind = "initial" if subscription.initial else "push"
                 write(f"{when} {kind} {subscription.id} {json.dumps(data, indent=indent, ensure_ascii=False)}")
                 if kind == "push":
@@ -195,12 +224,15 @@ def watch_query(options: Mapping[str, Any], write: Write) -> None:
                         enough.set()
 
             subscription = await client.subscribe(options["query"], options["params"], show)
-            waits = [asyncio.create_task(stop.wait()), asyncio.create_task(enough.wait()),
-                     # These two end only in failure: the client gave up
-                     # (revoked session), or the server refused the
-                     # subscription when it was made again.
-                     asyncio.create_task(client.wait_closed()),
-                     asyncio.create_task(subscription.wait_for(lambda _: False))]
+            waits = [
+                asyncio.create_task(stop.wait()),
+                asyncio.create_task(enough.wait()),
+                # These two end only in failure: the client gave up
+                # (revoked session), or the server refused the
+                # subscription when it was made again.
+                asyncio.create_task(client.wait_closed()),
+                asyncio.create_task(subscription.wait_for(lambda _: False)),
+            ]
             try:
                 finished, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             finally:
@@ -217,16 +249,24 @@ def watch_query(options: Mapping[str, Any], write: Write) -> None:
 # --- console scripts ----------------------------------------------------------------------
 
 
-def _console(prog: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None],
-             command: Callable[[Mapping[str, Any], Write], Any], argv: Sequence[str] | None) -> int:
+def _console(
+    prog: str,
+    help: str,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    command: Callable[[Mapping[str, Any], Write], Any],
+    argv: Sequence[str] | None,
+) -> int:
     parser = argparse.ArgumentParser(prog=prog, description=help)
     add_arguments(parser)
     # As Django's commands have it: 0 quiet, 1 normal, 2 each sample and the client's reconnects.
-    parser.add_argument("-v", "--verbosity", type=int, choices=[0, 1, 2, 3], default=1,
-                        help="0 quiet, 1 normal (default), 2 and 3 more")
+    parser.add_argument(
+        "-v", "--verbosity", type=int, choices=[0, 1, 2, 3], default=1, help="0 quiet, 1 normal (default), 2 and 3 more"
+    )
     options = vars(parser.parse_args(argv))
-    logging.basicConfig(level=logging.INFO if options["verbosity"] >= 2 else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if options["verbosity"] >= 2 else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
 
     def write(line: str) -> None:
         print(line, flush=True)

@@ -7,6 +7,7 @@ client's requirements for six numbers). Load average and disk use come from
 whose source is missing are left out of the sample. Its command line
 (`dashboard-collect`, and the server's `collect_host_metrics`) is in `cli`.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -16,9 +17,10 @@ import re
 import shutil
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .connection import DashboardClient
 from .errors import ConnectionLost, RequestTimeout
@@ -119,8 +121,14 @@ class HostSampler:
     """Reads one sample of host metrics. Rates (CPU %, network B/s) need two
     readings, so the first `sample()` measures from the `prime()` before it."""
 
-    def __init__(self, *, label: str | None = None, disk_path: str = "/", proc: str | Path = "/proc",
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        label: str | None = None,
+        disk_path: str = "/",
+        proc: str | Path = "/proc",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.prefix = "host" if not label else f"host.{label}"
         self.disk_path = disk_path
         self.proc = Path(proc)
@@ -141,8 +149,14 @@ class HostSampler:
 
         def add(name: str, value: float | None, unit: str, digits: int) -> None:
             if value is not None:
-                metrics.append({"name": f"{self.prefix}.{name}", "value": round(value, digits),
-                                "unit": unit, "timestamp": timestamp_ms})
+                metrics.append(
+                    {
+                        "name": f"{self.prefix}.{name}",
+                        "value": round(value, digits),
+                        "unit": unit,
+                        "timestamp": timestamp_ms,
+                    }
+                )
 
         if before is not None and before.cpu and now.cpu:
             busy, total = now.cpu[0] - before.cpu[0], now.cpu[1] - before.cpu[1]
@@ -165,9 +179,15 @@ def as_operations(metrics: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"op": "insert", "bucket": BUCKET, "data": metric} for metric in metrics]
 
 
-async def collect(client: DashboardClient, sampler: HostSampler, *, interval: float, once: bool = False,
-                  stop: asyncio.Event | None = None,
-                  on_sample: Callable[[list[dict[str, Any]]], None] | None = None) -> int:
+async def collect(
+    client: DashboardClient,
+    sampler: HostSampler,
+    *,
+    interval: float,
+    once: bool = False,
+    stop: asyncio.Event | None = None,
+    on_sample: Callable[[list[dict[str, Any]]], None] | None = None,
+) -> int:
     """Samples every `interval` seconds (the first sample measures rates over
     one interval) and inserts each sample as one transaction, until `stop`
     is set, or after one sample when `once`. A sample lost to a dropped
@@ -183,7 +203,7 @@ async def collect(client: DashboardClient, sampler: HostSampler, *, interval: fl
         try:
             await asyncio.wait_for(stop.wait(), max(0.0, next_at - loop.time()))
             return stored
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         next_at = max(next_at + interval, loop.time())
         metrics = sampler.sample(int(time.time() * 1000))

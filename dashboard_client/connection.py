@@ -1,13 +1,16 @@
 """DashboardClient: the protocol over one WebSocket at a time, reconnecting
 behind the user's back and failing loudly where a reconnect could hide a loss."""
+
 from __future__ import annotations
 
 import asyncio
 import itertools
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from functools import partial
+from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
@@ -115,7 +118,7 @@ class DashboardClient:
 
     # --- lifecycle ---------------------------------------------------------------
 
-    async def __aenter__(self) -> "DashboardClient":
+    async def __aenter__(self) -> DashboardClient:
         await self.connect()
         return self
 
@@ -132,7 +135,7 @@ class DashboardClient:
             try:
                 conn = await self._establish()
                 break
-            except (OSError, asyncio.TimeoutError, InvalidHandshake, ConnectionLost) as error:
+            except (TimeoutError, OSError, InvalidHandshake, ConnectionLost) as error:
                 if loop.time() >= deadline:
                     if isinstance(error, DashboardError):
                         raise
@@ -277,14 +280,19 @@ class DashboardClient:
 
     # --- subscriptions ------------------------------------------------------------------
 
-    async def subscribe(self, query: str, params: dict[str, Any] | None = None,
-                        callback: Callback | None = None) -> Subscription:
+    async def subscribe(
+        self, query: str, params: dict[str, Any] | None = None, callback: Callback | None = None
+    ) -> Subscription:
         """Subscribes to a named query. `callback(data)` is called with the
         initial result before this returns, then with every push, and with
         the fresh initial result after each reconnect."""
         subscription = Subscription(self, query, params, callback)
-        await self._call("store.subscribe", self._subscribe_fields(subscription), retry=True,
-                         on_result=lambda data: self._subscribed(subscription, data))
+        await self._call(
+            "store.subscribe",
+            self._subscribe_fields(subscription),
+            retry=True,
+            on_result=lambda data: self._subscribed(subscription, data),
+        )
         return subscription
 
     async def unsubscribe(self, subscription: Subscription) -> None:
@@ -329,8 +337,9 @@ class DashboardClient:
 
     # --- requests -----------------------------------------------------------------------
 
-    async def _call(self, type: str, fields: dict[str, Any], *, retry: bool,
-                    on_result: Callable[[Any], None] | None = None) -> Any:
+    async def _call(
+        self, type: str, fields: dict[str, Any], *, retry: bool, on_result: Callable[[Any], None] | None = None
+    ) -> Any:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.request_timeout
         attempts = 2 if retry else 1
@@ -357,15 +366,22 @@ class DashboardClient:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     # Never sent: certainly not applied.
-                    raise ConnectionLost(f"{type} not sent: no connection to {self.url} "
-                                         f"within {self.request_timeout} s")
+                    raise ConnectionLost(
+                        f"{type} not sent: no connection to {self.url} within {self.request_timeout} s"
+                    )
                 try:
                     await asyncio.wait_for(self._state.wait(), remaining)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
 
-    async def _send(self, conn: _Connection, type: str, fields: dict[str, Any],
-                    on_result: Callable[[Any], None] | None, deadline: float) -> Any:
+    async def _send(
+        self,
+        conn: _Connection,
+        type: str,
+        fields: dict[str, Any],
+        on_result: Callable[[Any], None] | None,
+        deadline: float,
+    ) -> Any:
         request_id = next(self._ids)
         try:
             text = json.dumps({"id": request_id, "type": type, **fields}, separators=(",", ":"), allow_nan=False)
@@ -383,7 +399,7 @@ class DashboardClient:
             remaining = deadline - asyncio.get_running_loop().time()
             try:
                 return await asyncio.wait_for(asyncio.shield(future), max(remaining, 0.001))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise RequestTimeout(f"No reply to {type} within {self.request_timeout} s") from None
         finally:
             conn.pending.pop(request_id, None)
@@ -394,8 +410,11 @@ class DashboardClient:
         """Connects, reads the welcome, starts the reader, logs in and makes the
         live subscriptions again. Raises on failure, leaving nothing open."""
         ws = await connect(
-            self.url, open_timeout=self.open_timeout, max_size=MAX_INCOMING_BYTES,
-            compression=None, close_timeout=2,
+            self.url,
+            open_timeout=self.open_timeout,
+            max_size=MAX_INCOMING_BYTES,
+            compression=None,
+            close_timeout=2,
         )
         try:
             text = await asyncio.wait_for(ws.recv(), self.open_timeout)
@@ -436,13 +455,22 @@ class DashboardClient:
                 raise
         for subscription in list(self._subscriptions):
             try:
-                await self._send(conn, "store.subscribe", self._subscribe_fields(subscription),
-                                 lambda data, s=subscription: self._resubscribed(s, data), deadline)
+                await self._send(
+                    conn,
+                    "store.subscribe",
+                    self._subscribe_fields(subscription),
+                    partial(self._resubscribed, subscription),
+                    deadline,
+                )
             except (ConnectionLost, RequestTimeout):
                 raise
             except DashboardError as error:
-                logger.warning("subscription %s %s refused after reconnecting: %s",
-                               subscription.query, subscription.params or {}, error)
+                logger.warning(
+                    "subscription %s %s refused after reconnecting: %s",
+                    subscription.query,
+                    subscription.params or {},
+                    error,
+                )
                 self._forget(subscription)
                 subscription._end(error)
 
@@ -486,21 +514,25 @@ class DashboardClient:
             if self._closing or self._terminal is not None:
                 return
             if not self.reconnect:
-                self._terminal = ConnectionLost(
-                    f"Connection closed (close code {conn.close_code}); reconnect is off")
+                self._terminal = ConnectionLost(f"Connection closed (close code {conn.close_code}); reconnect is off")
                 return
-            logger.warning("connection to %s lost (close code %s%s); reconnecting", self.url,
-                           conn.close_code, f", {conn.close_reason}" if conn.close_reason else "")
-            conn = await self._reconnect()
-            if conn is None:
+            logger.warning(
+                "connection to %s lost (close code %s%s); reconnecting",
+                self.url,
+                conn.close_code,
+                f", {conn.close_reason}" if conn.close_reason else "",
+            )
+            new_conn = await self._reconnect()
+            if new_conn is None:
                 return
+            conn = new_conn
             await self._became_ready(conn)
             logger.info("reconnected to %s; %d subscription(s) restored", self.url, len(self._subscriptions))
 
     async def _stopped_within(self, seconds: float) -> bool:
         try:
             await asyncio.wait_for(self._stop.wait(), seconds)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
         return True
 
@@ -517,7 +549,7 @@ class DashboardClient:
                 return None
             try:
                 conn = await self._establish()
-            except (OSError, asyncio.TimeoutError, InvalidHandshake) as error:
+            except (TimeoutError, OSError, InvalidHandshake) as error:
                 logger.info("reconnecting to %s failed: %s", self.url, error)
                 continue
             except DashboardError as error:
@@ -572,15 +604,16 @@ class DashboardClient:
         if kind == "push":
             # The id map holds this connection's ids only (it is rebuilt on
             # each reconnect), so a push is never taken for another's.
-            subscription = self._by_id.get(frame.get("subscriptionId"))
+            subscription_id = frame.get("subscriptionId")
+            subscription = self._by_id.get(subscription_id) if isinstance(subscription_id, str) else None
             if subscription is not None:
                 subscription._deliver(frame.get("data"), initial=False)
         elif kind in ("result", "error"):
-            pending = conn.pending.get(frame.get("id"))
+            request_id = frame.get("id")
+            pending = conn.pending.get(request_id) if isinstance(request_id, int) else None
             if pending is None:
                 if kind == "error":
-                    logger.warning("server error not tied to a request: %s %s",
-                                   frame.get("code"), frame.get("message"))
+                    logger.warning("server error not tied to a request: %s %s", frame.get("code"), frame.get("message"))
                 return
             if pending.future.done():
                 return  # timed out already
@@ -594,7 +627,8 @@ class DashboardClient:
                     pending.future.set_result(frame.get("data"))
             else:
                 pending.future.set_exception(
-                    DashboardError(frame.get("code", ""), frame.get("message", ""), frame.get("details")))
+                    DashboardError(frame.get("code", ""), frame.get("message", ""), frame.get("details"))
+                )
         elif kind == "ping":
             try:
                 await conn.ws.send(json.dumps({"type": "pong", "timestamp": frame.get("timestamp")}))

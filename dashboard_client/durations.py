@@ -1,6 +1,7 @@
 """Durations as operators type them (`500ms`, `30s`, `15m`, `1h`, `7d`, `2w`),
 for command-line options and settings: the client's commands use them, and so
 does the server (its retention settings and `prune_metrics`)."""
+
 from __future__ import annotations
 
 import argparse
@@ -15,8 +16,9 @@ def parse_duration(text: str) -> float:
     since a bare `7` could mean seconds or days."""
     match = _DURATION.fullmatch(text)
     if match is None:
-        raise ValueError(f"invalid duration {text!r}: expected a number and a unit "
-                         f"({', '.join(UNITS)}), e.g. 30s, 15m, 7d")
+        raise ValueError(
+            f"invalid duration {text!r}: expected a number and a unit ({', '.join(UNITS)}), e.g. 30s, 15m, 7d"
+        )
     return float(match.group(1)) * UNITS[match.group(2)]
 
 
@@ -28,7 +30,7 @@ def format_duration(seconds: float) -> str:
             continue  # "7d" reads better than "1w"
         count = seconds / size
         if count >= 1 and round(count, 6) == int(round(count, 6)):
-            return f"{int(round(count))}{unit}"
+            return f"{round(count)}{unit}"
     return f"{seconds:g}s"
 
 

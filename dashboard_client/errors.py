@@ -1,4 +1,5 @@
 """The client's one error type, and the failures that happen on the client's side."""
+
 from __future__ import annotations
 
 from typing import Any

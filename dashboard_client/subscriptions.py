@@ -1,12 +1,14 @@
 """A live subscription as the user holds it: it outlives reconnects, while
 the server's subscription id behind it changes with each connection."""
+
 from __future__ import annotations
 
 import asyncio
 import collections
 import inspect
 import logging
-from typing import Any, Awaitable, Callable, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 from .errors import ENDED, DashboardError
 
@@ -23,7 +25,7 @@ class Unsubscriber(Protocol):
     """What a subscription needs of its client (a DashboardClient), named here
     so that this module does not import the one that imports it."""
 
-    async def unsubscribe(self, subscription: "Subscription") -> None: ...
+    async def unsubscribe(self, subscription: Subscription) -> None: ...
 
 
 class Subscription:
@@ -35,8 +37,9 @@ class Subscription:
     id (it changes after a reconnect); `error` says why the subscription
     ended when the server refused it on resubscribing."""
 
-    def __init__(self, client: Unsubscriber, query: str, params: dict[str, Any] | None,
-                 callback: Callback | None) -> None:
+    def __init__(
+        self, client: Unsubscriber, query: str, params: dict[str, Any] | None, callback: Callback | None
+    ) -> None:
         self.client = client
         self.query = query
         self.params = params
@@ -60,7 +63,8 @@ class Subscription:
     async def unsubscribe(self) -> None:
         await self.client.unsubscribe(self)
 
-    async def wait_for(self, predicate: Callable[[Any], bool], timeout: float | None = None) -> Any:
+    # A timeout argument, as asyncio.wait_for has it: the common call is a bounded wait.
+    async def wait_for(self, predicate: Callable[[Any], bool], timeout: float | None = None) -> Any:  # noqa: ASYNC109
         """Waits until `predicate(data)` holds for the latest result; returns it.
         Raises TimeoutError after `timeout` seconds, or DashboardError if the
         subscription ends first (its `error`, or code ENDED when it was

@@ -1,5 +1,6 @@
 """dashboard_client's client and Debian's headless Chromium: shared by the browser tests
 and `docs/make_screenshot.py` (the server they drive is `tests.servers.LiveServer`)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -17,9 +18,10 @@ class ProtocolClient(DashboardClient):
     helpers the browser tests and the screenshot script call."""
 
     @classmethod
-    async def open(cls, url: str, token: str | None = None) -> "ProtocolClient":
-        client = cls(url, token, backoff=Backoff(initial=0.05, maximum=0.5),
-                     request_timeout=TIMEOUT, open_timeout=TIMEOUT)
+    async def open(cls, url: str, token: str | None = None) -> ProtocolClient:
+        client = cls(
+            url, token, backoff=Backoff(initial=0.05, maximum=0.5), request_timeout=TIMEOUT, open_timeout=TIMEOUT
+        )
         await client.connect()
         return client
 
@@ -30,8 +32,9 @@ class ProtocolClient(DashboardClient):
     async def insert_metrics(self, metrics: list[dict[str, Any]], batch: int = 500) -> None:
         """Inserts many metrics, `batch` per transaction."""
         for start in range(0, len(metrics), batch):
-            await self.transaction([{"op": "insert", "bucket": "metrics", "data": m}
-                                    for m in metrics[start : start + batch]])
+            await self.transaction(
+                [{"op": "insert", "bucket": "metrics", "data": m} for m in metrics[start : start + batch]]
+            )
 
 
 async def launch_chromium(playwright: Any) -> Any:

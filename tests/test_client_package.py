@@ -2,6 +2,7 @@
 server, and `pip install ./dashboard_client` into a fresh virtual environment
 without Django gives a client that logs in, writes and receives pushes, and a
 working `dashboard-collect`."""
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,11 @@ SCRIPT_TIMEOUT = 30.0
 
 def clean_env() -> dict[str, str]:
     """The environment without anything that would put the project on the path."""
-    return {k: v for k, v in os.environ.items()
-            if k not in ("PYTHONPATH", "VIRTUAL_ENV", "DJANGO_SETTINGS_MODULE", "PYTHONHOME")}
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTHONPATH", "VIRTUAL_ENV", "DJANGO_SETTINGS_MODULE", "PYTHONHOME")
+    }
 
 
 def test_package_imports_nothing_of_django_or_the_server(tmp_path):
@@ -42,13 +46,23 @@ def test_package_imports_nothing_of_django_or_the_server(tmp_path):
         loaded = sorted(m for m in sys.modules if m.split(".")[0] in {SERVER_PACKAGES!r})
         print(json.dumps({{"modules": modules, "file": dashboard_client.__file__, "loaded": loaded}}))
     """)
-    run = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
-                         env={**clean_env(), "PYTHONPATH": str(PROJECT_DIR)}, timeout=SCRIPT_TIMEOUT)
+    run = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**clean_env(), "PYTHONPATH": str(PROJECT_DIR)},
+        timeout=SCRIPT_TIMEOUT,
+    )
     assert run.returncode == 0, run.stderr
     report = json.loads(run.stdout)
     assert Path(report["file"]).resolve() == PACKAGE_DIR / "__init__.py"
-    assert {"dashboard_client.connection", "dashboard_client.collector", "dashboard_client.cli",
-            "dashboard_client.durations"} <= set(report["modules"])
+    assert {
+        "dashboard_client.connection",
+        "dashboard_client.collector",
+        "dashboard_client.cli",
+        "dashboard_client.durations",
+    } <= set(report["modules"])
     assert report["loaded"] == []
 
 
@@ -87,17 +101,27 @@ def test_installs_into_a_fresh_environment_without_django(tmp_path, template_dat
     # A copy of the package directory alone: the install may rely on nothing
     # else in the repository (and leaves no build files in it).
     source = tmp_path / "source"
-    shutil.copytree(PACKAGE_DIR, source,
-                    ignore=shutil.ignore_patterns("__pycache__", "build", "*.egg-info"))
+    shutil.copytree(PACKAGE_DIR, source, ignore=shutil.ignore_patterns("__pycache__", "build", "*.egg-info"))
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     python, bin_dir = env_dir / "bin" / "python", env_dir / "bin"
     # websockets comes from pip's configured index, as any user would get it.
-    install = subprocess.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", source],
-                             cwd=tmp_path, capture_output=True, text=True, env=clean_env(), timeout=PIP_TIMEOUT)
+    install = subprocess.run(
+        [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", source],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=PIP_TIMEOUT,
+    )
     assert install.returncode == 0, install.stdout + install.stderr
-    listed = subprocess.run([python, "-m", "pip", "list", "--format=json"], capture_output=True, text=True,
-                            env=clean_env(), timeout=PIP_TIMEOUT)
+    listed = subprocess.run(
+        [python, "-m", "pip", "list", "--format=json"],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=PIP_TIMEOUT,
+    )
     installed = {p["name"].lower(): p["version"] for p in json.loads(listed.stdout)}
     assert installed["dashboard-client"] == "1.0.0"
     assert installed["websockets"].startswith("15.")
@@ -108,8 +132,14 @@ def test_installs_into_a_fresh_environment_without_django(tmp_path, template_dat
     try:
         script = tmp_path / "client_script.py"
         script.write_text(CLIENT_SCRIPT)
-        run = subprocess.run([python, script, server.url], cwd=tmp_path, capture_output=True, text=True,
-                             env=clean_env(), timeout=SCRIPT_TIMEOUT)
+        run = subprocess.run(
+            [python, script, server.url],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env=clean_env(),
+            timeout=SCRIPT_TIMEOUT,
+        )
         assert run.returncode == 0, run.stderr
         report = json.loads(run.stdout)
         assert report["django"] is False
@@ -117,22 +147,54 @@ def test_installs_into_a_fresh_environment_without_django(tmp_path, template_dat
         assert report["session"]["roles"] == ["admin"]
         record = report["record"]
         assert {k: record[k] for k in ("name", "value", "unit", "timestamp")} == {
-            "name": "fresh-venv", "value": 42, "unit": "%", "timestamp": 1706745600000}
+            "name": "fresh-venv",
+            "value": 42,
+            "unit": "%",
+            "timestamp": 1706745600000,
+        }
         # The initial (empty) result, then the push with the new record.
         assert report["results"] == [[], [record]]
         assert report["refused"] == "BUCKET_NOT_DEFINED"
 
         # The console script: one sample, printed as stored.
         collect = subprocess.run(
-            [bin_dir / "dashboard-collect", "--url", server.url, "--token", "admin-token", "--once",
-             "--interval", "100ms", "--host-label", "fresh"],
-            cwd=tmp_path, capture_output=True, text=True, env=clean_env(), timeout=SCRIPT_TIMEOUT)
+            [
+                bin_dir / "dashboard-collect",
+                "--url",
+                server.url,
+                "--token",
+                "admin-token",
+                "--once",
+                "--interval",
+                "100ms",
+                "--host-label",
+                "fresh",
+            ],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env=clean_env(),
+            timeout=SCRIPT_TIMEOUT,
+        )
         assert collect.returncode == 0, collect.stderr
         assert "host.fresh.memory.used " in collect.stdout
         refused = subprocess.run(
-            [bin_dir / "dashboard-collect", "--url", server.url, "--token", "viewer-token", "--once",
-             "--interval", "100ms"],
-            cwd=tmp_path, capture_output=True, text=True, env=clean_env(), timeout=SCRIPT_TIMEOUT)
+            [
+                bin_dir / "dashboard-collect",
+                "--url",
+                server.url,
+                "--token",
+                "viewer-token",
+                "--once",
+                "--interval",
+                "100ms",
+            ],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env=clean_env(),
+            timeout=SCRIPT_TIMEOUT,
+        )
         assert refused.returncode == 1
         assert refused.stderr.startswith("dashboard-collect: error: FORBIDDEN: ")
     finally:

@@ -1,5 +1,6 @@
 """The client-based management commands' one Django part: dashboard_client's
 command-line failures reported as CommandError."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator

@@ -1,5 +1,6 @@
 """Samples this machine's CPU, load, memory, disk and network and inserts them
 as metrics: `dashboard-collect` (dashboard_client.cli) as a management command."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -1,5 +1,6 @@
 """Prints a subscription's results as they arrive, a terminal view of a query:
 `dashboard-watch` (dashboard_client.cli) as a management command."""
+
 from __future__ import annotations
 
 from typing import Any
