@@ -17,7 +17,7 @@ from .hashing import token_digest
 from .models import ApiToken
 from .roles import ADMIN, VIEWER
 
-# The seed's demo tokens (shared/protocol.md, Auth): raw token -> (user, role).
+# The seed's demo tokens (docs/protocol.md, Auth): raw token -> (user, role).
 DEMO_TOKENS = {
     "admin-token": ("admin-1", ADMIN),
     "viewer-token": ("viewer-1", VIEWER),

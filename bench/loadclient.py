@@ -1,6 +1,6 @@
 """Benchmark load client for the dashboard server: scenarios S1-S4 over the WebSocket protocol, with correctness checks.
 
-It runs in its own process and speaks only the wire protocol (protocol.md: JSON text frames,
+It runs in its own process and speaks only the wire protocol (docs/protocol.md: JSON text frames,
 numbered requests, pushes), with no Django imports, so it sees the server as any client does.
 
     .venv/bin/python bench/loadclient.py --url ws://127.0.0.1:8000/ws/ --server-pid PID

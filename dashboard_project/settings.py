@@ -108,7 +108,7 @@ TEMPLATES = [
 
 # --- Database -------------------------------------------------------------
 # Connections are kept open: reconnecting on every thread hop cost a third of
-# the insert throughput in our measurements (notes/fanout-measurements.md).
+# the insert throughput in our measurements (docs/fanout.md).
 DATABASE_URL = os.environ.get("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}"
 _db = dj_database_url.parse(DATABASE_URL, conn_max_age=600, conn_health_checks=True)
 if _db["ENGINE"] == "django.db.backends.sqlite3":
@@ -129,7 +129,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 REDIS_URL = os.environ.get("REDIS_URL", "")
 CHANNEL_GROUP_EXPIRY = 7 * 24 * 3600
 CHANNEL_CAPACITY = env_int("DASHBOARD_CHANNEL_CAPACITY", 10_000)
-# Which Redis layer: "pubsub" (default, see README "Scaling out") or "core".
+# Which Redis layer: "pubsub" (default, see README "Running in production,
+# on several processes") or "core".
 REDIS_LAYER = os.environ.get("DASHBOARD_REDIS_LAYER", "pubsub")
 # Redis pub/sub channels ignore the database number: deployments (and test
 # runs) sharing one Redis keep apart by prefix.

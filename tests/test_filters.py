@@ -1,4 +1,4 @@
-"""Filters (protocol.md, Store operations): every operator through
+"""Filters (docs/protocol.md, Filters): every operator through
 `selectors.record_where` and `selectors.record_count`, with the reference
 store's JavaScript semantics and our validation."""
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The seed's worked example (seed/real-time-dashboard.md), frame by frame."""
+"""The seed's worked example (the flow of README.md's "Try the seed flow by
+hand"), frame by frame."""
 from __future__ import annotations
 
 import time

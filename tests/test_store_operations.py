@@ -1,4 +1,4 @@
-"""The happy path of every store operation of protocol.md, through the real
+"""The happy path of every store operation of docs/protocol.md, through the real
 ASGI application, asserting whole results."""
 from __future__ import annotations
 

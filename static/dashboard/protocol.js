@@ -1,4 +1,4 @@
-// A client of the dashboard's WebSocket protocol (shared/protocol.md), as any
+// A client of the dashboard's WebSocket protocol (docs/protocol.md), as any
 // other client of it: numbered requests, replies matched by id, pushes routed
 // by subscription id, pongs for the server's pings. It keeps itself connected:
 // after a drop it reconnects with exponential backoff and jitter, logs in
