@@ -118,6 +118,7 @@ class DashboardConsumer(AsyncWebsocketConsumer):
             self.login_timer = None
         self.hub.connections.logged_in(self)
         self.outbox.set_user(session.user_id)
+        self._catch_up()
 
     def end_session(self) -> None:
         self.session = None
@@ -338,17 +339,28 @@ class DashboardConsumer(AsyncWebsocketConsumer):
     def enqueue(self, frame: str) -> None:
         self.outbox.reply(frame)
 
-    def deliver_push(self, subscription: Subscription, body: tuple[str, ...], body_utf8: tuple[bytes, ...]) -> None:
+    def deliver_push(self, subscription: Subscription, body: tuple[str, ...], body_utf8: tuple[bytes, ...]) -> bool:
         """Called by the hub for every push; never awaits, so fan-out never
         waits on a client. The common case (same session as last time, no
-        expiry) is checked inline: this runs once per viewer per change."""
+        expiry) is checked inline: this runs once per viewer per change.
+        False when the push was not queued (no session may receive it)."""
         if self.closed:
-            return
+            return False
         session = self.session
         if session is None or session is not subscription.allowed_for or session.expires_at is not None:
             if not self.may_receive(subscription):
-                return
+                return False
         self.outbox.push(subscription.subscription_id, subscription.frame_prefix, body, body_utf8)
+        return True
+
+    def _catch_up(self) -> None:
+        """After a login, each subscription whose pushes were held back (no
+        session, or one that could not read it) gets the latest result."""
+        for subscription in self.subscriptions.values():
+            latest = subscription.live.last_json
+            if latest is not None and subscription.last_json != latest:
+                if self.deliver_push(subscription, (latest, "}"), (latest.encode(), b"}")):
+                    subscription.last_json = latest
 
 
 # Types the reference routes without a session (and then finds no handler for).
@@ -358,7 +370,7 @@ RESOURCE_FIELDS = {"store.subscribe": "query", "store.unsubscribe": "subscriptio
 
 
 def resource_of(operation: str, body: dict[str, Any]) -> str:
-    """What the permission check is asked about (protocol.md, Auth)."""
+    """What the permission check is asked about (docs/protocol.md, Auth)."""
     if not operation.startswith("store."):
         return "*"
     value = body.get(RESOURCE_FIELDS.get(operation, "bucket"))

@@ -37,8 +37,9 @@ class Viewer(Protocol):
 
     session: Session | None
 
-    def deliver_push(self, subscription: "Subscription", body: tuple[str, ...], body_utf8: tuple[bytes, ...]) -> None:
-        """Queues a push whose data is `body` (shared by every subscriber); never awaits."""
+    def deliver_push(self, subscription: "Subscription", body: tuple[str, ...], body_utf8: tuple[bytes, ...]) -> bool:
+        """Queues a push whose data is `body` (shared by every subscriber);
+        never awaits. False when it was not queued (not allowed just now)."""
 
 
 @dataclass(eq=False, slots=True)
@@ -239,8 +240,12 @@ def _deliver(live: LiveQuery, result: str) -> None:
             changed = changed_since_previous
         else:
             changed = subscription.last_json != result
-        subscription.last_json = result
-        if changed:
-            if body_utf8 is None:
-                body_utf8 = (result.encode(), b"}")
-            subscription.viewer.deliver_push(subscription, body, body_utf8)
+        if not changed:
+            subscription.last_json = result
+            continue
+        if body_utf8 is None:
+            body_utf8 = (result.encode(), b"}")
+        # A push held back (no session may read it just now) leaves the
+        # subscription behind, so a later login catches it up.
+        if subscription.viewer.deliver_push(subscription, body, body_utf8):
+            subscription.last_json = result

@@ -236,3 +236,26 @@ def test_a_login_moves_queued_bytes_to_the_user():
     outbox.user = "mallory"
     ledger.moved(outbox, None)
     assert outbox.closed and ledger.total == 0
+
+
+# --- pushes held back while logged out ----------------------------------------------------
+
+
+async def test_a_login_after_logout_catches_up_with_the_latest_result(connect):
+    """While no session may read a subscription its pushes are held back; the
+    next login delivers the latest result (latest-state guarantee), once."""
+    admin = await connect("admin-token")
+    viewer = await connect("viewer-token")
+    sub = (await viewer.ok("store.subscribe", query="metric-count"))["subscriptionId"]
+    await admin.ok("store.insert", bucket="metrics", data=metric("cpu", 1))
+    assert (await viewer.push_for(sub))["data"] == 1
+    await viewer.ok("auth.logout")
+    await admin.ok("store.insert", bucket="metrics", data=metric("cpu", 2))
+    await admin.ok("store.insert", bucket="metrics", data=metric("cpu", 3))
+    assert await viewer.nothing()
+    await viewer.login("viewer-token")
+    assert await viewer.push_for(sub) == {"type": "push", "channel": "subscription", "subscriptionId": sub, "data": 3}
+    assert await viewer.nothing()
+    # Logging in again with nothing new sends nothing.
+    await viewer.login("viewer-token")
+    assert await viewer.nothing()
