@@ -96,6 +96,13 @@ asyncio.run(main(sys.argv[1]))
 """
 
 
+def run_in(cwd: Path, *argv: object, timeout: float = SCRIPT_TIMEOUT) -> subprocess.CompletedProcess[str]:
+    """Runs a program of the fresh environment with nothing of the project on its path."""
+    return subprocess.run(
+        [str(arg) for arg in argv], cwd=cwd, capture_output=True, text=True, env=clean_env(), timeout=timeout
+    )
+
+
 @pytest.mark.multiprocess
 def test_installs_into_a_fresh_environment_without_django(tmp_path, template_database):
     # A copy of the package directory alone: the install may rely on nothing
@@ -106,22 +113,9 @@ def test_installs_into_a_fresh_environment_without_django(tmp_path, template_dat
     venv.create(env_dir, with_pip=True)
     python, bin_dir = env_dir / "bin" / "python", env_dir / "bin"
     # websockets comes from pip's configured index, as any user would get it.
-    install = subprocess.run(
-        [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", source],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env=clean_env(),
-        timeout=PIP_TIMEOUT,
-    )
+    install = run_in(tmp_path, python, "-m", "pip", "install", "--quiet", source, timeout=PIP_TIMEOUT)
     assert install.returncode == 0, install.stdout + install.stderr
-    listed = subprocess.run(
-        [python, "-m", "pip", "list", "--format=json"],
-        capture_output=True,
-        text=True,
-        env=clean_env(),
-        timeout=PIP_TIMEOUT,
-    )
+    listed = run_in(tmp_path, python, "-m", "pip", "list", "--format=json", timeout=PIP_TIMEOUT)
     installed = {p["name"].lower(): p["version"] for p in json.loads(listed.stdout)}
     assert installed["dashboard-client"] == "1.0.0"
     assert installed["websockets"].startswith("15.")
@@ -132,14 +126,7 @@ def test_installs_into_a_fresh_environment_without_django(tmp_path, template_dat
     try:
         script = tmp_path / "client_script.py"
         script.write_text(CLIENT_SCRIPT)
-        run = subprocess.run(
-            [python, script, server.url],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            env=clean_env(),
-            timeout=SCRIPT_TIMEOUT,
-        )
+        run = run_in(tmp_path, python, script, server.url)
         assert run.returncode == 0, run.stderr
         report = json.loads(run.stdout)
         assert report["django"] is False
@@ -156,45 +143,12 @@ def test_installs_into_a_fresh_environment_without_django(tmp_path, template_dat
         assert report["results"] == [[], [record]]
         assert report["refused"] == "BUCKET_NOT_DEFINED"
 
-        # The console script: one sample, printed as stored.
-        collect = subprocess.run(
-            [
-                bin_dir / "dashboard-collect",
-                "--url",
-                server.url,
-                "--token",
-                "admin-token",
-                "--once",
-                "--interval",
-                "100ms",
-                "--host-label",
-                "fresh",
-            ],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            env=clean_env(),
-            timeout=SCRIPT_TIMEOUT,
-        )
-        assert collect.returncode == 0, collect.stderr
-        assert "host.fresh.memory.used " in collect.stdout
-        refused = subprocess.run(
-            [
-                bin_dir / "dashboard-collect",
-                "--url",
-                server.url,
-                "--token",
-                "viewer-token",
-                "--once",
-                "--interval",
-                "100ms",
-            ],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            env=clean_env(),
-            timeout=SCRIPT_TIMEOUT,
-        )
+        # The console script: one sample, printed as stored; a viewer is refused.
+        collect = [bin_dir / "dashboard-collect", "--url", server.url, "--once", "--interval", "100ms"]
+        stored = run_in(tmp_path, *collect, "--token", "admin-token", "--host-label", "fresh")
+        assert stored.returncode == 0, stored.stderr
+        assert "host.fresh.memory.used " in stored.stdout
+        refused = run_in(tmp_path, *collect, "--token", "viewer-token")
         assert refused.returncode == 1
         assert refused.stderr.startswith("dashboard-collect: error: FORBIDDEN: ")
     finally:
