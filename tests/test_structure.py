@@ -21,7 +21,7 @@ def project_modules() -> dict[str, Path]:
     modules = {}
     for package in PACKAGES:
         for path in (ROOT / package).rglob("*.py"):
-            if "migrations" not in path.parts:
+            if not {"migrations", "build"} & set(path.parts):
                 modules[module_name(path)] = path
     return modules
 
