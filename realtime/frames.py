@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from metrics.records import Record
 
-from .errors import INVALID_REQUEST, PARSE_ERROR, ProtocolError
+from .errors import INVALID_REQUEST, PARSE_ERROR, VALIDATION_ERROR, ProtocolError
 
 
 def _reject_constant(name: str) -> Any:
@@ -38,15 +39,34 @@ class Pong:
 PONG = Pong()
 
 
-def parse(text: str) -> Request | Pong:
-    """A request, in the protocol's order of checks; errors carry id 0."""
+class Refusal(str):
+    """The error frame answering a request refused by the parser after its id
+    is known: the consumer sends it in the request's turn, as it sends the
+    frames of parsing errors."""
+
+
+UNSTORABLE_MESSAGE = "Invalid string: NUL characters (\\u0000) and unpaired surrogates cannot be stored"
+# JSON text can only carry NUL or a lone surrogate as a \u escape (raw control
+# characters are invalid JSON, and a text frame is valid UTF-8), so frames
+# without such an escape skip the walk; \ud800\udc00 pairs, which decode to
+# one character, and escaped backslashes ("\\u0000") are sorted out by it.
+_UNSTORABLE_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
+_UNSTORABLE_CHARACTER = re.compile("[\x00\ud800-\udfff]")
+
+
+def parse(text: str) -> Request | Pong | Refusal:
+    """A request, in the protocol's order of checks; errors carry id 0.
+
+    A request whose strings (values or keys, anywhere) hold NUL or an unpaired
+    surrogate is refused with its own id: PostgreSQL cannot store NUL, no
+    database driver can encode a lone surrogate, and echoing one in an error
+    message would break the UTF-8 frame. Refusing every such request here
+    gives the same answer on every database and for every operation.
+    """
     try:
         message = _decoder.decode(text)
     except (ValueError, RecursionError):
         raise ProtocolError(PARSE_ERROR, "Invalid JSON") from None
-    if "\\u" in text and _has_lone_surrogate(message):
-        # JSON allows "\ud800" alone, but no database or UTF-8 frame can carry it.
-        raise ProtocolError(PARSE_ERROR, "Invalid JSON")
     if not isinstance(message, dict):
         raise ProtocolError(PARSE_ERROR, "Message must be a JSON object")
     kind = message.get("type")
@@ -59,16 +79,29 @@ def parse(text: str) -> Request | Pong:
     request_id = message.get("id")
     if not is_finite_number(request_id):
         raise ProtocolError(INVALID_REQUEST, 'Request must include finite numeric "id"')
+    if "\\u" in text and _UNSTORABLE_ESCAPE.search(text) and has_unstorable_string(message):
+        return Refusal(error_frame(request_id, VALIDATION_ERROR, UNSTORABLE_MESSAGE))
     return Request(id=request_id, type=kind, body=message)
 
 
-def _has_lone_surrogate(message: Any) -> bool:
-    try:
-        dumps(message).encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    except ValueError:  # a number out of range for allow_nan=False
-        return False
+def has_unstorable_string(value: Any) -> bool:
+    """Whether a decoded JSON value holds a string (or an object key) with NUL
+    or an unpaired surrogate. Iterative: the decoder accepts nesting deeper
+    than the stack left here."""
+    search = _UNSTORABLE_CHARACTER.search
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if search(item):
+                return True
+        elif isinstance(item, dict):
+            for key in item:
+                if search(key):
+                    return True
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
     return False
 
 
