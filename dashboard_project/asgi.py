@@ -10,6 +10,7 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
+from realtime.daphne_close import with_daphne_closes  # noqa: E402
 from realtime.origins import allowed_hosts_origin_validator  # noqa: E402
 from realtime.routing import websocket_urlpatterns  # noqa: E402
 from realtime.shutdown import lifespan  # noqa: E402
@@ -17,7 +18,8 @@ from realtime.shutdown import lifespan  # noqa: E402
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": allowed_hosts_origin_validator(URLRouter(websocket_urlpatterns)),
+        # Under runserver (daphne), close frames keep the code and reason sent.
+        "websocket": with_daphne_closes(allowed_hosts_origin_validator(URLRouter(websocket_urlpatterns))),
         # uvicorn's lifespan events: graceful shutdown of WebSocket clients.
         "lifespan": lifespan,
     }

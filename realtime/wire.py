@@ -28,6 +28,8 @@ from typing import Any, Callable
 
 from websockets.protocol import State
 
+from .daphne_close import ClosingSend
+
 try:
     from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 except ImportError:  # uvicorn is only needed to serve in production
@@ -64,6 +66,8 @@ def frame_writer(send: Any) -> Writer | None:
     one of the servers handled here, or the connection negotiated an
     extension. Call it after the handshake. The function returns False (and
     writes nothing) whenever the frame must go through `send` instead."""
+    if isinstance(send, ClosingSend):  # under daphne: see realtime/daphne_close.py
+        send = send.__wrapped__
     write = _uvicorn_writer(send) or _daphne_writer(send)
     logger.debug("frames of this connection: %s", "written directly" if write else "through the ASGI send")
     return write
