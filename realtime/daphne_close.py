@@ -11,8 +11,8 @@ reasons. No daphne setting or ASGI field changes that.
 
 `closing_send` wraps daphne's send only; a `websocket.close` on an open
 connection goes out through autobahn's `sendCloseFrame`, the method its own
-`sendClose` ends in, and everything else goes to daphne unchanged
-(realtime/wire.py unwraps it to write frames directly). The internals are those of the pinned daphne (requirements.txt) and the
+`sendClose` ends in, and everything else goes to daphne unchanged. The
+internals are those of the pinned daphne (requirements.txt) and the
 autobahn it brings: another daphne, or an autobahn whose `sendCloseFrame` has
 changed, leaves daphne's path in place and logs why once;
 tests/test_close_codes.py fails if that happens to the pinned versions.

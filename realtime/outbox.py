@@ -1,7 +1,7 @@
 """A connection's outgoing frames: replies in order, pushes coalesced.
 
 Frames go out at once when nothing is queued: written to the socket directly
-under uvicorn or daphne while the connection is open and nothing waits in the
+under the pinned uvicorn while the connection is open and nothing waits in the
 server (realtime/wire.py), else handed to the ASGI server's `send` without a
 task switch: a send that completes without suspending (daphne always, uvicorn
 while the socket is writable) costs one function call. A send that does
@@ -62,10 +62,11 @@ class _Resume:
 class Outbox:
     def __init__(self, send: Send, max_bytes: int, on_overflow: Callable[[], None],
                  write: Callable[..., bool] | None = None, ledger: OutboxLedger | None = None) -> None:
-        self._send = send
+        self.asgi_send = send
         # realtime/wire.py: writes a frame (text, then already encoded bytes)
-        # without the ASGI call when it can.
-        self._write = write
+        # without the ASGI call when it can; None when the server's `send`
+        # must carry every frame.
+        self.writer = write
         self._queue: collections.deque[str | PushSlot] = collections.deque()
         self._pushes: dict[str, PushSlot] = {}
         self._drain: asyncio.Task | None = None
@@ -82,6 +83,11 @@ class Outbox:
 
     def __len__(self) -> int:
         return len(self._queue)
+
+    @property
+    def waiting_on_send(self) -> bool:
+        """A frame is held by the ASGI `send` (a slow reader); later ones queue."""
+        return self._drain is not None
 
     def reply(self, frame: str) -> None:
         if self.closed:
@@ -101,7 +107,7 @@ class Outbox:
         if self._drain is None and not self._queue:
             # Nothing waits (so no older push for this key either): send now.
             if not self.closed:
-                write = self._write
+                write = self.writer
                 if write is None or not write(prefix, *body_utf8):
                     self._send_asgi(prefix + "".join(body))
             return
@@ -167,12 +173,12 @@ class Outbox:
         return self._drain is None and not self._queue
 
     def _send_now(self, frame: str) -> None:
-        write = self._write
+        write = self.writer
         if write is None or not write(frame):
             self._send_asgi(frame)
 
     def _send_asgi(self, frame: str) -> None:
-        awaitable = self._send({"type": "websocket.send", "text": frame})
+        awaitable = self.asgi_send({"type": "websocket.send", "text": frame})
         if not inspect.iscoroutine(awaitable):
             # ASGI promises an awaitable, not a coroutine (a Future, an eager
             # task, an object with __await__): the drain task awaits it.
@@ -202,7 +208,7 @@ class Outbox:
                         continue
                     item = item.frame
                 self._count(-len(item))
-                await self._send({"type": "websocket.send", "text": item})
+                await self.asgi_send({"type": "websocket.send", "text": item})
                 self.progress_at = time.monotonic()
         except asyncio.CancelledError:
             raise

@@ -1,39 +1,46 @@
-"""Complete WebSocket text frames written straight to the server's socket.
+"""Complete WebSocket text frames written straight to uvicorn's socket.
 
 Why: in the fan-out benchmark (1,000 viewers on one query) each insert sends
-1,000 small frames. Under uvicorn a quarter of that round went to the ASGI
-`send` call itself (the message dict, websockets' frame object and
-serializer, the output list) rather than to the socket write; under daphne
-(`runserver`) three quarters did, Twisted adding two epoll registrations and
-a reactor turn to every frame. A server-to-client text frame without
-extensions is two to ten header bytes and the UTF-8 payload, so when the
-connection is plainly open and nothing is waiting to be written we write
-those bytes ourselves.
+1,000 small frames, and a quarter of that round went to the ASGI `send` call
+itself (the message dict, websockets' frame object and serializer, the output
+list) rather than to the socket write: 18.0 ms of server CPU per insert
+through `send`, 14.1 ms with direct writes (docs/benchmarks.md). A
+server-to-client text frame without extensions is two to ten header bytes and
+the UTF-8 payload, so when the connection is plainly open and nothing is
+waiting to be written we write those bytes ourselves.
 
-When anything is out of the ordinary (another ASGI server, an extension such
-as permessage-deflate negotiated, TLS terminated in the server, data already
+This is the one place that reads uvicorn's internals, fenced: only the
+pinned uvicorn (UVICORN_PIN, checked when this module loads) and its
+websockets-sansio protocol are handled; any other version or implementation
+gets the ASGI `send` and one WARNING says so. When anything is out of the
+ordinary (an extension such as permessage-deflate negotiated, data already
 buffered or the socket paused by backpressure, a close under way) the writer
-declines and the caller uses the ASGI `send`, which queues, waits or raises
-as its server does. The internals read here are those of the pinned uvicorn
-and daphne (requirements.txt); tests/test_wire.py fails if an upgrade
-changes them, rather than letting the fast path quietly switch off.
+declines and the caller uses the ASGI `send`, which queues, waits or raises as
+the server does. tests/test_wire.py fails if an upgrade changes what is read.
+Under `runserver` (daphne, for development) every frame goes through `send`:
+45.9 ms of CPU per insert at 1,000 viewers against 13.0 ms with the direct
+write we no longer keep there (docs/benchmarks.md).
 """
 from __future__ import annotations
 
-import functools
 import logging
 import struct
-import sys
 from typing import Any, Callable
 
 from websockets.protocol import State
 
-from .daphne_close import ClosingSend
+logger = logging.getLogger(__name__)
+
+# The uvicorn release whose internals the direct write was written against
+# (requirements.txt pins it).
+UVICORN_PIN = "0.54.0"
 
 try:
-    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+    import uvicorn
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol as _SansIO
 except ImportError:  # uvicorn is only needed to serve in production
-    WebSocketsSansIOProtocol = None
+    uvicorn = None  # type: ignore[assignment]
+    _SansIO = None  # type: ignore[assignment,misc]
 
 FIN_TEXT = 0x81
 _LENGTH_16 = struct.Struct("!BBH")
@@ -46,10 +53,18 @@ JOIN_LIMIT = 64 * 1024
 # the `tail` bytes (shared by several frames, encoded once).
 Writer = Callable[..., bool]
 
-logger = logging.getLogger(__name__)
+_warned: set[str] = set()
 
-# daphne's entry for a connection it has forgotten.
-_GONE = {"disconnected": True}
+
+def _warn_once(key: str, message: str, *args: Any) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        logger.warning(message, *args)
+
+
+def pinned_uvicorn() -> bool:
+    """Whether the running uvicorn is the one the direct write knows."""
+    return uvicorn is not None and getattr(uvicorn, "__version__", None) == UVICORN_PIN
 
 
 def text_frame_header(length: int) -> bytes:
@@ -63,24 +78,29 @@ def text_frame_header(length: int) -> bytes:
 
 def frame_writer(send: Any) -> Writer | None:
     """A function writing one text frame directly, or None when `send` is not
-    one of the servers handled here, or the connection negotiated an
-    extension. Call it after the handshake. The function returns False (and
-    writes nothing) whenever the frame must go through `send` instead."""
-    if isinstance(send, ClosingSend):  # under daphne: see realtime/daphne_close.py
-        send = send.__wrapped__
-    write = _uvicorn_writer(send) or _daphne_writer(send)
+    the pinned uvicorn's websockets-sansio protocol, or the connection
+    negotiated an extension. Call it after the handshake. The function returns
+    False (and writes nothing) whenever the frame must go through `send`."""
+    write = _uvicorn_writer(send)
     logger.debug("frames of this connection: %s", "written directly" if write else "through the ASGI send")
     return write
 
 
 def _uvicorn_writer(send: Any) -> Writer | None:
-    if WebSocketsSansIOProtocol is None:
-        return None
     protocol = getattr(send, "__self__", None)
-    if type(protocol) is not WebSocketsSansIOProtocol or getattr(send, "__func__", None) is not WebSocketsSansIOProtocol.send:
+    if not type(protocol).__module__.startswith("uvicorn."):
+        return None  # another server (daphne under runserver, a test)
+    if not pinned_uvicorn():
+        _warn_once("version", "uvicorn %s is not the pinned %s: pushes go through the ASGI send "
+                   "(slower at many viewers)", getattr(uvicorn, "__version__", "?"), UVICORN_PIN)
+        return None
+    if _SansIO is None or type(protocol) is not _SansIO or getattr(send, "__func__", None) is not _SansIO.send:
+        _warn_once("protocol", "uvicorn's %s WebSocket implementation is not websockets-sansio: pushes go "
+                   "through the ASGI send (slower at many viewers; run uvicorn with --ws websockets-sansio)",
+                   type(protocol).__name__)
         return None
     if not protocol.handshake_complete or protocol.conn.extensions:
-        return None
+        return None  # permessage-deflate: the server must compress
     connection = protocol.conn
     transport = protocol.transport
     writable = protocol.writable
@@ -101,66 +121,6 @@ def _uvicorn_writer(send: Any) -> Writer | None:
             transport.write(b"".join((text_frame_header(length), head, *tail)))
         else:
             transport.writelines((text_frame_header(length) + head, *tail))
-        return True
-
-    return write
-
-
-def _daphne_writer(send: Any) -> Writer | None:
-    # Looked up, never imported: importing daphne.server installs Twisted's
-    # reactor, which only a daphne process (runserver) has done.
-    server_module = sys.modules.get("daphne.server")
-    ws_module = sys.modules.get("daphne.ws_protocol")
-    tcp_module = sys.modules.get("twisted.internet.tcp")
-    if server_module is None or ws_module is None or tcp_module is None:
-        return None
-    # daphne's send is functools.partial(server.handle_reply, protocol).
-    if not isinstance(send, functools.partial) or send.keywords or len(send.args) != 1:
-        return None
-    handle_reply = send.func
-    if getattr(handle_reply, "__func__", None) is not server_module.Server.handle_reply:
-        return None
-    protocol = send.args[0]
-    if type(protocol) is not ws_module.WebSocketProtocol:
-        return None
-    transport = protocol.transport
-    open_state = protocol.STATE_OPEN
-    if protocol.state != open_state or protocol._perMessageCompress is not None:
-        return None
-    if type(transport) is not tcp_module.Server or transport.TLS:
-        return None
-    connections = handle_reply.__self__.connections
-    sock = transport.socket
-
-    def write(text: str, *tail: bytes) -> bool:
-        if (
-            protocol.state != open_state
-            or not transport.connected
-            or transport.disconnecting
-            or transport._writeDisconnected
-            # Whatever Twisted or autobahn still holds must go first.
-            or transport.dataBuffer
-            or transport._tempDataBuffer
-            or protocol.send_queue
-            or "disconnected" in connections.get(protocol, _GONE)
-        ):
-            return False
-        head = text.encode()
-        pieces = (text_frame_header(len(head) + sum(map(len, tail))) + head, *tail)
-        try:
-            sent = sock.sendmsg(pieces) if tail else sock.send(pieces[0])
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:
-            return False  # the ASGI path lets Twisted see the broken connection
-        for piece in pieces:
-            # What the socket did not take goes to Twisted, which writes it
-            # when the socket is writable; later frames queue behind it.
-            if sent >= len(piece):
-                sent -= len(piece)
-            else:
-                transport.write(piece[sent:] if sent else piece)
-                sent = 0
         return True
 
     return write

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 
 import pytest
@@ -83,10 +84,15 @@ class InProcessServer:
         await database_sync_to_async(connections.close_all)()
 
 
-def server_side_outbox() -> Outbox:
+def server_side_outboxes() -> list[Outbox]:
+    """The outboxes of the viewers' connections, server side."""
     (hub,) = hubs.running_hubs()
-    (consumer,) = [c for c in hub.connections if c.session is not None and "viewer" in c.session.roles]
-    return consumer.outbox
+    return [c.outbox for c in hub.connections if c.session is not None and "viewer" in c.session.roles]
+
+
+def server_side_outbox() -> Outbox:
+    (outbox,) = server_side_outboxes()
+    return outbox
 
 
 async def every_header_size(url: str, after_login=None) -> None:
@@ -117,7 +123,7 @@ async def every_header_size(url: str, after_login=None) -> None:
 
 async def test_uvicorn_pushes_and_replies_of_every_header_size_arrive_whole():
     def direct_path_is_on() -> None:
-        assert server_side_outbox()._write is not None
+        assert server_side_outbox().writer is not None
 
     async with InProcessServer() as server:
         await every_header_size(server.url, direct_path_is_on)
@@ -135,7 +141,7 @@ async def test_compressed_connections_go_through_asgi_send():
     async with InProcessServer() as server:
         viewer = await open_client(server.url, "viewer", "viewer-token")  # offers permessage-deflate
         outbox = server_side_outbox()
-        assert outbox._write is None
+        assert outbox.writer is None
         assert await viewer.ok("store.count", bucket="metrics") == 0
         await viewer.close()
 
@@ -145,16 +151,16 @@ async def test_paused_or_closing_connections_decline_and_asgi_send_waits():
         admin = await open_client(server.url, "admin", "admin-token", compression=None)
         viewer = await open_client(server.url, "viewer", "viewer-token", compression=None)
         outbox = server_side_outbox()
-        protocol = outbox._send.__self__
+        protocol = outbox.asgi_send.__self__  # uvicorn's protocol, to pause it
         subscription_id, _ = await viewer.subscribe("metric-count")
 
         # The transport says its buffer is full: the writer declines, the
         # frame waits in uvicorn's send until the buffer drains.
         protocol.pause_writing()
-        assert outbox._write("{}") is False
+        assert outbox.writer("{}") is False
         await admin.ok("store.insert", bucket="metrics", data=metric())
         assert await viewer.silent(0.3)
-        assert len(outbox) == 0 and outbox._drain is not None  # held by the ASGI send, not dropped
+        assert len(outbox) == 0 and outbox.waiting_on_send  # held by the ASGI send, not dropped
         protocol.resume_writing()
         assert await viewer.push(5) == push_frame(subscription_id, 1)
 
@@ -164,7 +170,7 @@ async def test_paused_or_closing_connections_decline_and_asgi_send_waits():
             if protocol.disconnected:
                 break
             await asyncio.sleep(0.01)
-        assert outbox._write("{}") is False
+        assert outbox.writer("{}") is False
         await admin.close()
 
 
@@ -181,11 +187,34 @@ def runserver(tmp_path):
 
 
 @pytest.mark.multiprocess
-async def test_runserver_writes_frames_of_every_header_size_directly(runserver):
+async def test_runserver_sends_frames_of_every_header_size_through_asgi(runserver):
+    """runserver (daphne) is for development: no direct write there."""
     await every_header_size(runserver.url)
     log = runserver.log()
-    assert log.count("frames of this connection: written directly") == 2, log[-3000:]
-    assert "through the ASGI send" not in log
+    assert log.count("frames of this connection: through the ASGI send") == 2, log[-3000:]
+    assert "written directly" not in log
+
+
+async def test_another_uvicorn_than_the_pinned_one_gets_the_asgi_send_and_one_warning(monkeypatch, caplog):
+    monkeypatch.setattr(wire, "UVICORN_PIN", "0.0.0")
+    monkeypatch.setattr(wire, "_warned", set())
+    with caplog.at_level(logging.WARNING, logger="realtime.wire"):
+        async with InProcessServer() as server:
+            viewers = [await open_client(server.url, f"viewer{i}", "viewer-token", compression=None) for i in range(2)]
+            for outbox in server_side_outboxes():
+                assert outbox.writer is None
+            assert await viewers[0].ok("store.count", bucket="metrics") == 0
+            for viewer in viewers:
+                await viewer.close()
+    assert [r.getMessage() for r in caplog.records if r.name == "realtime.wire"] == [
+        f"uvicorn {uvicorn.__version__} is not the pinned 0.0.0: pushes go through the ASGI send "
+        "(slower at many viewers)"]
+
+
+def test_the_pinned_uvicorn_is_the_installed_one():
+    """Fails when requirements.txt moves uvicorn on without the direct write
+    being checked against the new release (then update UVICORN_PIN)."""
+    assert uvicorn.__version__ == wire.UVICORN_PIN and wire.pinned_uvicorn()
 
 
 @pytest.mark.multiprocess
