@@ -44,8 +44,10 @@ logger = logging.getLogger(__name__)
 # name another's subscription by accident.
 _subscription_ids = itertools.count(1)
 
-# Requests read but not yet answered, before the socket stops being read.
+# Requests read but not yet answered, before the socket stops being read:
+# at most this many, and this many characters of their frames.
 INBOX_LIMIT = 256
+INBOX_CHARS_LIMIT = 4 * 1024 * 1024
 # Pipelined requests of one kind answered in one database hop.
 MAX_BATCH = 64
 
@@ -62,6 +64,9 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         self.hub: Hub | None = None
         self.outbox: Outbox | None = None
         self.inbox: collections.deque[frames.Request | str] = collections.deque()
+        # The frame length of each inbox item, and their sum.
+        self.inbox_sizes: collections.deque[int] = collections.deque()
+        self.inbox_chars = 0
         self.inbox_has_room = asyncio.Event()
         self.worker: asyncio.Task | None = None
         self.closed = False
@@ -145,6 +150,8 @@ class DashboardConsumer(AsyncWebsocketConsumer):
             self.hub.connections.release(self)
         self.subscriptions.clear()
         self.inbox.clear()
+        self.inbox_sizes.clear()
+        self.inbox_chars = 0
         if self.worker is not None:
             self.worker.cancel()
         if self.outbox is not None:
@@ -197,27 +204,37 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         try:
             request = frames.parse(text)
         except ProtocolError as error:
-            self.inbox.append(frames.error_frame(0, error.code, error.message))
+            item: frames.Request | str = frames.error_frame(0, error.code, error.message)
         else:
             if request is frames.PONG:
                 self.awaiting_pong = False
                 return
-            self.inbox.append(request)
+            item = request  # a Request, or a refusal's finished error frame
+        self.inbox.append(item)
+        self.inbox_sizes.append(len(text))
+        self.inbox_chars += len(text)
         # Requests are answered in order by one worker; frames read while it
         # waits on the database queue up here, which lets it run pipelined
         # inserts in one database hop.
         if self.worker is None:
             self.worker = asyncio.create_task(self._work())
-        elif len(self.inbox) >= INBOX_LIMIT:
+        elif not self._inbox_has_room():
             # Backpressure: stop reading the socket until the worker catches up.
             self.inbox_has_room.clear()
             await self.inbox_has_room.wait()
+
+    def _inbox_has_room(self) -> bool:
+        return len(self.inbox) < INBOX_LIMIT and self.inbox_chars < INBOX_CHARS_LIMIT
+
+    def _take(self) -> Any:
+        self.inbox_chars -= self.inbox_sizes.popleft()
+        return self.inbox.popleft()
 
     async def _work(self) -> None:
         inbox = self.inbox
         try:
             while inbox and not self.closed:
-                item = inbox.popleft()
+                item = self._take()
                 if isinstance(item, str):
                     self.enqueue(item)
                 elif item.type in BATCHED:
@@ -228,11 +245,11 @@ class DashboardConsumer(AsyncWebsocketConsumer):
                         and isinstance(inbox[0], frames.Request)
                         and inbox[0].type == item.type
                     ):
-                        batch.append(inbox.popleft())
+                        batch.append(self._take())
                     await self._answer_batch(batch)
                 else:
                     await self._answer(item)
-                if len(inbox) < INBOX_LIMIT:
+                if self._inbox_has_room():
                     self.inbox_has_room.set()
         finally:
             self.worker = None
@@ -243,7 +260,11 @@ class DashboardConsumer(AsyncWebsocketConsumer):
             handler = self.authorize(request)
             outcome = await handler(Context(self, request.type, request.body))
         except Exception as error:
-            outcome = error
+            # Replied from here: a local holding the error would make a cycle
+            # (error -> traceback -> this frame) that keeps the request's body
+            # alive until the garbage collector runs.
+            self.reply(request, error)
+            return
         self.reply(request, outcome)
 
     async def _answer_batch(self, batch: list[frames.Request]) -> None:
@@ -252,6 +273,8 @@ class DashboardConsumer(AsyncWebsocketConsumer):
             try:
                 self.authorize(request)
                 contexts.append(Context(self, request.type, request.body))
+            except StoreError as error:
+                contexts.append(error.with_traceback(None))  # its code and message are all a reply needs
             except Exception as error:
                 contexts.append(error)
         ready = [c for c in contexts if isinstance(c, Context)]
