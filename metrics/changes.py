@@ -85,7 +85,7 @@ def note_saved(bucket: str, seq: int, record: Any) -> None:
 # The one private Django interface used here, fenced: Django 5.2 keeps
 # `connection.run_on_commit` as a list of (savepoint ids, callback, robust)
 # tuples and drops those of rolled-back savepoints, which tells whether a
-# pending set will still be sent. tests/test_services.py fails if the layout
+# pending set will still be sent. tests/metrics/test_services.py fails if the layout
 # changes; at run time an unexpected layout is logged once and treated as "not
 # scheduled": a new set is started, so a change may be published twice (an
 # extra evaluation, never a lost or repeated push).

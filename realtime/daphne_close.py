@@ -15,7 +15,7 @@ connection goes out through autobahn's `sendCloseFrame`, the method its own
 internals are those of the pinned daphne (requirements.txt) and the
 autobahn it brings: another daphne, or an autobahn whose `sendCloseFrame` has
 changed, leaves daphne's path in place and logs why once;
-tests/test_close_codes.py fails if that happens to the pinned versions.
+tests/realtime/test_close_codes.py fails if that happens to the pinned versions.
 """
 from __future__ import annotations
 

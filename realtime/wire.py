@@ -16,7 +16,7 @@ gets the ASGI `send` and one WARNING says so. When anything is out of the
 ordinary (an extension such as permessage-deflate negotiated, data already
 buffered or the socket paused by backpressure, a close under way) the writer
 declines and the caller uses the ASGI `send`, which queues, waits or raises as
-the server does. tests/test_wire.py fails if an upgrade changes what is read.
+the server does. tests/realtime/test_wire.py fails if an upgrade changes what is read.
 Under `runserver` (daphne, for development) every frame goes through `send`:
 45.9 ms of CPU per insert at 1,000 viewers against 13.0 ms with the direct
 write we no longer keep there (docs/benchmarks.md).

@@ -16,9 +16,6 @@ from metrics import records
 from realtime import hub as hubs
 from realtime.login_failures import login_failures
 
-# The server helpers' asserts explain themselves too (before any test module imports them).
-pytest.register_assert_rewrite("tests.servers")
-
 TIMEOUT = 5
 
 

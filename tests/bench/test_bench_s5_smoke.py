@@ -13,7 +13,7 @@ import pytest
 
 pytestmark = pytest.mark.multiprocess
 
-PROJECT = Path(__file__).resolve().parent.parent
+PROJECT = Path(__file__).resolve().parents[2]
 
 
 def test_benchmark_s5_passes_its_checks_at_smoke_size():

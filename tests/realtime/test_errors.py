@@ -100,7 +100,7 @@ PARSE_CASES = [
     ('{"id":1,"type":"auth.whoami","x":NaN}', INVALID_JSON),
     ('{"type":"pong","timestamp":NaN}', INVALID_JSON),
     # A lone surrogate ("\\ud800") is valid JSON: a request carrying one is refused
-    # with its own id (tests/test_unstorable.py).
+    # with its own id (tests/realtime/test_unstorable.py).
     ("[]", NOT_OBJECT),
     ('[{"id":1,"type":"auth.whoami"}]', NOT_OBJECT),
     ('"auth.whoami"', NOT_OBJECT),

@@ -19,8 +19,7 @@ from dashboard_client import (
     DashboardError,
     SessionRevoked,
 )
-
-from .servers import live_server, open_dashboard_client, template_database  # noqa: F401  (fixtures)
+from tests.servers import live_server
 
 TIMEOUT = 10.0
 
@@ -162,7 +161,7 @@ async def test_errors_raise_one_type_with_code_message_and_details(server, open_
 
 
 async def test_unreachable_server_raises_connection_lost(open_dashboard_client):
-    from .servers import free_port
+    from tests.servers import free_port
 
     with pytest.raises(ConnectionLost):
         await open_dashboard_client(f"ws://127.0.0.1:{free_port()}/ws/")

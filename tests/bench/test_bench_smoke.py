@@ -10,7 +10,7 @@ import pytest
 
 pytestmark = pytest.mark.multiprocess
 
-PROJECT = Path(__file__).resolve().parent.parent
+PROJECT = Path(__file__).resolve().parents[2]
 
 
 def test_benchmark_scenarios_pass_their_checks_at_smoke_size():

@@ -22,7 +22,7 @@ def validate(token: str) -> Session | None:
 
 @pytest.fixture
 def tokens(settings):
-    settings.DASHBOARD = {**settings.DASHBOARD, "TOKEN_VALIDATOR": "tests.test_revocation.validate"}
+    settings.DASHBOARD = {**settings.DASHBOARD, "TOKEN_VALIDATOR": "tests.realtime.test_revocation.validate"}
 
 
 async def test_revocation_closes_only_matching_sessions(tokens, connect):

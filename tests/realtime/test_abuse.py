@@ -10,7 +10,7 @@ is measured and printed with the server's RSS before, during and after each atta
 written as JSON to the file named by ABUSE_REPORT when it is set (docs/security.md holds
 a run's figures):
 
-    ABUSE_REPORT=/tmp/abuse.json .venv/bin/python -m pytest tests/test_abuse.py -s
+    ABUSE_REPORT=/tmp/abuse.json .venv/bin/python -m pytest tests/realtime/test_abuse.py -s
 
 The servers run uvicorn on SQLite without Redis, as `./dev run` does, with DEBUG off as
 in a deployment (with DEBUG on Django keeps every SQL statement in memory) and every

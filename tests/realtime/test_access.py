@@ -389,7 +389,7 @@ def test_admin_issues_a_token_and_shows_it_once(admin_client):
     token = ApiToken.objects.get(user=alice)
     assert (token.role, token.label, token.prefix) == ("viewer", "wallboard", raw[:8])
     from accounts.tokens import validate_token
-    from tests.test_accounts import database_text
+    from tests.accounts.test_accounts import database_text
 
     assert validate_token(raw).user_id == "alice"
     assert raw not in database_text()

@@ -20,7 +20,7 @@ from metrics import retention, services
 from metrics.changes import records_changed
 from metrics.schema import BUCKETS
 
-from .servers import live_server, open_dashboard_client, redis_url_if_reachable, template_database  # noqa: F401  (fixtures)
+from tests.servers import live_server, redis_url_if_reachable
 
 TIMEOUT = 10.0
 HOST_METRICS = {

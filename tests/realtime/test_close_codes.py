@@ -125,7 +125,7 @@ async def test_an_application_close_code_keeps_its_reason(tmp_path, kind):
 
 
 def test_the_checked_daphne_is_the_pinned_one():
-    requirements = (Path(__file__).resolve().parent.parent / "requirements.txt").read_text()
+    requirements = (Path(__file__).resolve().parents[2] / "requirements.txt").read_text()
     assert re.search(r"^daphne==(\S+)$", requirements, re.M).group(1) == daphne_close.DAPHNE_VERSION
     assert daphne.__version__ == daphne_close.DAPHNE_VERSION
     # daphne's app config has imported daphne.server here too: the internals pass the checks.

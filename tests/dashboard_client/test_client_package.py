@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from .servers import PROJECT_DIR, live_server, template_database  # noqa: F401  (fixtures)
+from tests.servers import PROJECT_DIR, live_server
 
 PACKAGE_DIR = PROJECT_DIR / "dashboard_client"
 SERVER_PACKAGES = ("django", "channels", "daphne", "accounts", "metrics", "realtime", "dashboard_project")
