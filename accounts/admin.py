@@ -1,4 +1,5 @@
 """Django admin for API tokens: issue (the raw token is shown once), inspect, revoke."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -28,7 +29,9 @@ class ApiTokenForm(forms.ModelForm):
         current = self.instance.role if self.instance.pk else None
         if current and current not in roles:
             roles.append(current)  # a role whose rule was removed stays visible
-        self.fields["role"].choices = [(role, role) for role in roles]
+        role_field = self.fields["role"]
+        assert isinstance(role_field, forms.ChoiceField)
+        role_field.choices = [(role, role) for role in roles]
 
 
 @admin.register(ApiToken)
@@ -46,11 +49,20 @@ class ApiTokenAdmin(admin.ModelAdmin):
     def shown_prefix(self, token: ApiToken) -> str:
         return f"{token.prefix}…" if token.prefix else "-"
 
-    def get_fields(self, request: HttpRequest, obj: ApiToken | None = None) -> list[str]:
+    def get_fields(self, request: HttpRequest, obj: ApiToken | None = None) -> Any:
         if obj is None:
             return ["user", "role", "label", "expires_at"]
-        return ["shown_prefix", "user", "role", "label", "created_at", "expires_at", "last_used_at",
-                "revoked", "revoked_at"]
+        return [
+            "shown_prefix",
+            "user",
+            "role",
+            "label",
+            "created_at",
+            "expires_at",
+            "last_used_at",
+            "revoked",
+            "revoked_at",
+        ]
 
     def get_readonly_fields(self, request: HttpRequest, obj: ApiToken | None = None) -> tuple[str, ...]:
         if obj is None:

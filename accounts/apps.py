@@ -1,4 +1,5 @@
 """App config for API tokens: connects the receivers that end revoked sessions."""
+
 from django.apps import AppConfig
 
 

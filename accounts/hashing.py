@@ -1,4 +1,5 @@
 """How raw API tokens become what is stored: a non-secret prefix and a SHA-256 digest."""
+
 from __future__ import annotations
 
 import hashlib

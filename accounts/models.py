@@ -4,6 +4,7 @@ The raw token is handed out once (by the admin or `create_token`) and never
 stored: a row keeps a short clear prefix for indexed lookup and the SHA-256
 digest of the whole token (see hashing.py for why a fast hash is right).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -21,6 +22,10 @@ SESSION_FIELDS = ("user_id", "role", "expires_at", "revoked")
 
 
 class ApiToken(models.Model):
+    # The raw value right after the admin issued it, for the one page that
+    # shows it; never stored.
+    raw_token: str | None = None
+
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
     role = models.CharField(max_length=64, default=VIEWER, validators=[validate_role_name])
     label = models.CharField(max_length=200, blank=True, help_text="What the token is for (optional).")
@@ -40,8 +45,17 @@ class ApiToken(models.Model):
         # Shown in the admin and its log: the clear prefix only.
         return f"{self.prefix}… ({self.role}) of {self.user}"
 
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if self.expires_at is not None:
+            # Whole seconds, as the admin form shows it: saving the form
+            # unchanged must not look like a new expiry (which ends sessions).
+            self.expires_at = self.expires_at.replace(microsecond=0)
+        if self.revoked and self.revoked_at is None:
+            self.revoked_at = timezone.now()
+        super().save(*args, **kwargs)
+
     @classmethod
-    def from_db(cls, db: Any, field_names: Any, values: Any) -> "ApiToken":
+    def from_db(cls, db: Any, field_names: Any, values: Any) -> ApiToken:
         token = super().from_db(db, field_names, values)
         token.remember_session_fields()
         return token
@@ -67,12 +81,3 @@ class ApiToken(models.Model):
 
     def expired(self, now: Any = None) -> bool:
         return self.expires_at is not None and self.expires_at <= (now or timezone.now())
-
-    def save(self, *args: Any, **kwargs: Any) -> None:
-        if self.expires_at is not None:
-            # Whole seconds, as the admin form shows it: saving the form
-            # unchanged must not look like a new expiry (which ends sessions).
-            self.expires_at = self.expires_at.replace(microsecond=0)
-        if self.revoked and self.revoked_at is None:
-            self.revoked_at = timezone.now()
-        super().save(*args, **kwargs)

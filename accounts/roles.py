@@ -1,4 +1,5 @@
 """The roles a token may carry: the seed's two, plus any the deployment's rules name."""
+
 from __future__ import annotations
 
 from django.conf import settings

@@ -3,12 +3,13 @@
 Ending live sessions is not done here but by the model signals (signals.py),
 so a revocation made in the Django admin or a shell ends them the same way.
 """
+
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.hashers import make_password
 from django.db import transaction
 from django.utils import timezone
@@ -27,7 +28,7 @@ DEMO_TOKENS = {
 @transaction.atomic
 def token_create(
     *,
-    user: AbstractBaseUser,
+    user: Any,  # the project's user model (AUTH_USER_MODEL)
     role: str,
     label: str = "",
     expires_at: datetime | None = None,

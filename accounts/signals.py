@@ -8,6 +8,7 @@ ends the sessions on every server process. Server processes also check live
 sessions against their tokens every heartbeat, for revocations no signal
 reaches (another process without a shared channel layer, QuerySet.update()).
 """
+
 from __future__ import annotations
 
 from typing import Any

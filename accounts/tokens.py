@@ -3,6 +3,7 @@
 Named by settings.DASHBOARD["TOKEN_VALIDATOR"]; the server calls it in the
 database thread for every auth.login.
 """
+
 from __future__ import annotations
 
 import hmac

@@ -32,6 +32,7 @@ stream is quiet, so parsing never delays the timestamps of frames still arriving
 comes from /proc/PID/stat (10 ms ticks: small runs give coarse per-insert figures).  The client
 offers no permessage-deflate, so the figures are the server's own work, not zlib's.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -105,8 +106,15 @@ class Sizes:
 
 
 SMOKE_SIZES = Sizes(
-    s1_viewers=2, s1_inserts=10, s2_viewers=20, s2_inserts=10,
-    s3_viewers=5, s3_inserts=100, s4_preload=500, s4_viewers=2, s4_inserts=3,
+    s1_viewers=2,
+    s1_inserts=10,
+    s2_viewers=20,
+    s2_inserts=10,
+    s3_viewers=5,
+    s3_inserts=100,
+    s4_preload=500,
+    s4_viewers=2,
+    s4_inserts=3,
 )
 
 
@@ -199,6 +207,7 @@ def busy_processes(exclude: set[int], window_s: float = 1.0, share: float = 0.02
     see CPU on the pinned cores while a phase runs, which a development server
     polling its files now and then escapes; a busy machine still moves the
     figures (memory bandwidth, caches, timer wakeups), so it is named here."""
+
     def ticks() -> dict[int, int]:  # utime + stime
         return {pid: int(fields[11]) + int(fields[12]) for pid, fields in _every_stat().items() if pid not in exclude}
 
@@ -225,6 +234,7 @@ def client_cpu_seconds() -> float:
 @dataclass
 class ServerFigures:
     """One server process (with its children) over a phase."""
+
     cpu_s: float
     peak_rss_mib: float
     hwm_mib: float
@@ -404,8 +414,9 @@ class Conn(asyncio.Protocol):
         conn = cls(url, origin, label)
         loop = asyncio.get_running_loop()
         try:
-            await asyncio.wait_for(loop.create_connection(lambda: conn, uri.host, uri.port, ssl=uri.secure or None),
-                                   WELCOME_TIMEOUT_S)
+            await asyncio.wait_for(
+                loop.create_connection(lambda: conn, uri.host, uri.port, ssl=uri.secure or None), WELCOME_TIMEOUT_S
+            )
             await asyncio.wait_for(asyncio.shield(conn._opened), WELCOME_TIMEOUT_S)
             welcome = await asyncio.wait_for(asyncio.shield(conn._welcome), WELCOME_TIMEOUT_S)
         except TimeoutError:
@@ -434,8 +445,9 @@ class Conn(asyncio.Protocol):
             elif not isinstance(event, Response):
                 self.violations.append(f"{self.label}: unexpected handshake event {event!r}")
             elif self._ws.handshake_exc is not None:
-                self._opened.set_exception(RequestFailed(
-                    f"{self.label}: handshake refused: HTTP {event.status_code} {event.reason_phrase}"))
+                self._opened.set_exception(
+                    RequestFailed(f"{self.label}: handshake refused: HTTP {event.status_code} {event.reason_phrase}")
+                )
             else:
                 self._opened.set_result(None)
         self._flush()
@@ -692,7 +704,12 @@ async def close_all(conns: Sequence[Conn]) -> None:
 
 
 def metric(i: int) -> dict[str, JSON]:
-    return {"name": NAMES[i % len(NAMES)], "value": float(i % 100) + 0.5, "unit": "%", "timestamp": 1_700_000_000_000 + i * 1000}
+    return {
+        "name": NAMES[i % len(NAMES)],
+        "value": float(i % 100) + 0.5,
+        "unit": "%",
+        "timestamp": 1_700_000_000_000 + i * 1000,
+    }
 
 
 def inserted_id(label: str, record: JSON, sent: dict[str, JSON]) -> str:
@@ -719,8 +736,9 @@ async def settle(viewers: Sequence[Viewer], lazy: bool = True) -> None:
         viewer.conn.lazy = lazy
 
 
-async def await_final(viewers: Sequence[Viewer], is_final: Callable[[Viewer], bool], meter: PhaseMeter,
-                      timeout: float) -> tuple[bool, PhaseFigures]:
+async def await_final(
+    viewers: Sequence[Viewer], is_final: Callable[[Viewer], bool], meter: PhaseMeter, timeout: float
+) -> tuple[bool, PhaseFigures]:
     """Wait until every viewer holds its final state; return the phase figures at that moment.
 
     Frames are parsed only once the streams are quiet, so parsing cannot delay the arrival
@@ -774,8 +792,9 @@ def describe(data: JSON) -> str:
     return brief(data, 120)
 
 
-def expected_finals(ids: Sequence[str], names: Sequence[str], new: int,
-                    specs: Sequence[QuerySpec]) -> dict[str, tuple[JSON, int]]:
+def expected_finals(
+    ids: Sequence[str], names: Sequence[str], new: int, specs: Sequence[QuerySpec]
+) -> dict[str, tuple[JSON, int]]:
     """For each query: its expected final (normalized) result and the number of changes the
     last `new` inserts made to it, i.e. the pushes it gets when nothing is coalesced."""
     old = len(ids) - new
@@ -789,8 +808,9 @@ def expected_finals(ids: Sequence[str], names: Sequence[str], new: int,
     return {spec_label(spec): table[spec_label(spec)] for spec in specs}
 
 
-def check_viewers(viewers: Sequence[Viewer], initial: dict[str, JSON],
-                  finals: dict[str, tuple[JSON, int]]) -> tuple[list[str], list[str], dict[str, int]]:
+def check_viewers(
+    viewers: Sequence[Viewer], initial: dict[str, JSON], finals: dict[str, tuple[JSON, int]]
+) -> tuple[list[str], list[str], dict[str, int]]:
     """Apply the latest-state rules to every subscription; return failures, notes and pushes per query."""
     failures: list[str] = []
     notes: list[str] = []
@@ -800,8 +820,9 @@ def check_viewers(viewers: Sequence[Viewer], initial: dict[str, JSON],
         known = set(viewer.subs)
         strays = [push for push in viewer.conn.pushes if push.sub_id not in known]
         if strays:
-            failures.append(f"{viewer.conn.label}: {len(strays)} pushes for unknown subscriptions, "
-                            f"first {brief(strays[0].sub_id)}")
+            failures.append(
+                f"{viewer.conn.label}: {len(strays)} pushes for unknown subscriptions, first {brief(strays[0].sub_id)}"
+            )
         for sub_id, sub in viewer.subs.items():
             where = f"{viewer.conn.label} {sub.label} ({sub_id})"
             final, changes = finals[sub.label]
@@ -816,7 +837,9 @@ def check_viewers(viewers: Sequence[Viewer], initial: dict[str, JSON],
     return failures, notes, received
 
 
-def check_sequence(where: str, sub: Subscription, pushes: Sequence[Push], initial: JSON, final: JSON, changes: int) -> list[str]:
+def check_sequence(
+    where: str, sub: Subscription, pushes: Sequence[Push], initial: JSON, final: JSON, changes: int
+) -> list[str]:
     failures = []
     if normalize(sub.initial) != initial:
         failures.append(f"{where}: initial result {describe(sub.initial)}, expected {describe(initial)}")
@@ -907,7 +930,9 @@ class RunResult:
             client_cpu_s=round(phase.client_cpu_s, 3),
             client_cpu_ratio=round(phase.client_cpu_s / phase.wall_s, 3) if phase.wall_s else None,
             server_cpu_s=None if phase.server_cpu_s is None else round(phase.server_cpu_s, 3),
-            server_cpu_ms_per_insert=None if phase.server_cpu_s is None else round(phase.server_cpu_s * 1000 / inserts, 3),
+            server_cpu_ms_per_insert=None
+            if phase.server_cpu_s is None
+            else round(phase.server_cpu_s * 1000 / inserts, 3),
             server_peak_rss_mib=None if phase.server_peak_rss_mib is None else round(phase.server_peak_rss_mib, 1),
             server_hwm_mib=None if phase.server_hwm_mib is None else round(phase.server_hwm_mib, 1),
             foreign_cpu_machine_s=round(phase.foreign_machine_s, 3),
@@ -922,13 +947,17 @@ class RunResult:
             self.figures[f"foreign_cpu_{who}_core_s"] = None if foreign is None else round(foreign, 3)
             # Ticks are 10 ms: ignore the odd tick of a system daemon.
             if foreign is not None and foreign > max(CONTENDED_RATIO * phase.wall_s, 0.03):
-                self.notes.append(f"contended: other processes used {foreign:.2f}s of the {who}'s core during a "
-                                  f"{phase.wall_s:.2f}s phase; latencies are inflated")
+                self.notes.append(
+                    f"contended: other processes used {foreign:.2f}s of the {who}'s core during a "
+                    f"{phase.wall_s:.2f}s phase; latencies are inflated"
+                )
         if phase.foreign_server_core_s is None and phase.foreign_machine_s > max(CONTENDED_RATIO * phase.wall_s, 0.03):
             # Nothing pinned (several servers on a small machine): only the machine-wide figure is left.
-            self.notes.append(f"shared machine: other processes (database, Redis, other users) used "
-                              f"{phase.foreign_machine_s:.2f} CPU-s during a {phase.wall_s:.2f}s phase "
-                              f"({phase.foreign_machine_s / phase.wall_s:.2f} cores)")
+            self.notes.append(
+                f"shared machine: other processes (database, Redis, other users) used "
+                f"{phase.foreign_machine_s:.2f} CPU-s during a {phase.wall_s:.2f}s phase "
+                f"({phase.foreign_machine_s / phase.wall_s:.2f} cores)"
+            )
         if phase.client_bound:
             self.client_bound = True
             self.notes.append(f"client-bound: client CPU {phase.client_cpu_s:.2f}s over a {phase.wall_s:.2f}s phase")
@@ -966,7 +995,9 @@ class Inserts:
         return sends, replies, ids, names
 
 
-async def scenario(ctx: Context, name: str, body: Callable[[Context, RunResult, Conn, list[Conn]], Awaitable[None]]) -> RunResult:
+async def scenario(
+    ctx: Context, name: str, body: Callable[[Context, RunResult, Conn, list[Conn]], Awaitable[None]]
+) -> RunResult:
     """Run one scenario body with an admin connection, closing every connection afterwards."""
     result = RunResult(name)
     conns: list[Conn] = []
@@ -1044,7 +1075,9 @@ async def run_s2(ctx: Context, result: RunResult, admin: Conn, conns: list[Conn]
     result.add_latencies("push", samples)
     result.add_latencies("push_reflect", reflect_latencies(viewers, spec_label(METRIC_COUNT), 0, sends))
     result.figures["viewers"] = len(viewers)
-    result.figures["viewers_with_every_push"] = sum(len(viewer.pushes(spec_label(METRIC_COUNT))) == n for viewer in viewers)
+    result.figures["viewers_with_every_push"] = sum(
+        len(viewer.pushes(spec_label(METRIC_COUNT))) == n for viewer in viewers
+    )
     note_skipped_counts(result, viewers, len(ctx.urls), n)
     if len(ctx.urls) > 1:
         # The admin's own process hears of a change directly, the others through the channel layer.
@@ -1072,9 +1105,11 @@ def note_skipped_counts(result: RunResult, viewers: Sequence[Viewer], servers: i
             result.figures[f"server{server}_skipped_pushes"] = sum(v for (s, _), v in skipped.items() if s == server)
     if skipped:
         worst = sorted(skipped.items(), key=lambda item: (-item[1], item[0]))[:limit]
-        result.notes.append("counts never pushed (coalesced): " + ", ".join(
-            f"{count} on server{server} to {viewers_} viewers" for (server, count), viewers_ in worst)
-            + (f" and {len(skipped) - limit} more" if len(skipped) > limit else ""))
+        result.notes.append(
+            "counts never pushed (coalesced): "
+            + ", ".join(f"{count} on server{server} to {viewers_} viewers" for (server, count), viewers_ in worst)
+            + (f" and {len(skipped) - limit} more" if len(skipped) > limit else "")
+        )
 
 
 async def run_s3(ctx: Context, result: RunResult, admin: Conn, conns: list[Conn]) -> None:
@@ -1132,8 +1167,17 @@ async def run_s4(ctx: Context, result: RunResult, admin: Conn, conns: list[Conn]
     meter.stop()
     await linger(viewers)
 
-    finish(result, viewers, specs, finals, phase, n, reached, ctx.timeout,
-           initial=expected_finals(preload_ids, preload_names, 0, specs))
+    finish(
+        result,
+        viewers,
+        specs,
+        finals,
+        phase,
+        n,
+        reached,
+        ctx.timeout,
+        initial=expected_finals(preload_ids, preload_names, 0, specs),
+    )
     result.add_latencies("insert", [r - s for s, r in zip(sends, replies, strict=True)])
     result.add_latencies("push", push_latencies(viewers, spec_label(ALL_METRICS), sizes.s4_preload, sends))
     result.add_latencies("push_reflect", reflect_latencies(viewers, spec_label(ALL_METRICS), sizes.s4_preload, sends))
@@ -1163,15 +1207,25 @@ def holds(viewer: Viewer, finals: dict[str, tuple[JSON, int]]) -> bool:
 
 def final_lag_ms(viewers: Sequence[Viewer], count: int, since: float) -> float | None:
     """Milliseconds from `since` until every viewer had received the count `count` (None if one never did)."""
-    arrivals = [next((push.t for push in viewer.pushes(spec_label(METRIC_COUNT)) if push.data == count), None)
-                for viewer in viewers]
+    arrivals = [
+        next((push.t for push in viewer.pushes(spec_label(METRIC_COUNT)) if push.data == count), None)
+        for viewer in viewers
+    ]
     known = [t for t in arrivals if t is not None]
     return ms(max(known) - since) if known and len(known) == len(arrivals) else None
 
 
-def finish(result: RunResult, viewers: Sequence[Viewer], specs: Sequence[QuerySpec], finals: dict[str, tuple[JSON, int]],
-           phase: PhaseFigures, inserts: int, reached: bool, timeout: float,
-           initial: dict[str, tuple[JSON, int]] | None = None) -> None:
+def finish(
+    result: RunResult,
+    viewers: Sequence[Viewer],
+    specs: Sequence[QuerySpec],
+    finals: dict[str, tuple[JSON, int]],
+    phase: PhaseFigures,
+    inserts: int,
+    reached: bool,
+    timeout: float,
+    initial: dict[str, tuple[JSON, int]] | None = None,
+) -> None:
     """Record the phase figures and the correctness verdict of every viewer."""
     if not reached:
         result.failures.append(f"not every viewer held the final state {timeout:.0f}s after the last insert")
@@ -1191,8 +1245,10 @@ async def check_insert_order(admin: Conn, ids: Sequence[str], result: RunResult)
     """Pipelined inserts must be stored in request order; `store.last` shows the stored order."""
     newest = await admin.call("store.last", bucket=BUCKET, n=10)
     if normalize(newest) != list(ids[-10:]):
-        result.failures.append(f"store.last n=10 gives {brief(normalize(newest))}, "
-                               f"but the last 10 requests inserted {brief(list(ids[-10:]))}")
+        result.failures.append(
+            f"store.last n=10 gives {brief(normalize(newest))}, "
+            f"but the last 10 requests inserted {brief(list(ids[-10:]))}"
+        )
 
 
 def summarize(failures: Sequence[str], limit: int = 12) -> list[str]:
@@ -1203,18 +1259,49 @@ def summarize(failures: Sequence[str], limit: int = 12) -> list[str]:
 
 
 SCENARIOS: dict[str, Callable[[Context, RunResult, Conn, list[Conn]], Awaitable[None]]] = {
-    "S1": run_s1, "S2": run_s2, "S3": run_s3, "S4": run_s4,
+    "S1": run_s1,
+    "S2": run_s2,
+    "S3": run_s3,
+    "S4": run_s4,
 }
 
 HEADLINE = {
-    "S1": ["insert_p50_ms", "insert_p99_ms", "push_p50_ms", "push_p99_ms", "push_reflect_p99_ms", "server_cpu_ms_per_insert"],
-    "S2": ["push_p50_ms", "push_p99_ms", "push_reflect_p99_ms", "server_cpu_ms_per_insert", "server_peak_rss_mib",
-           "final_count_lag_ms", "insert_p99_ms", "viewers", "viewers_with_every_push"],
+    "S1": [
+        "insert_p50_ms",
+        "insert_p99_ms",
+        "push_p50_ms",
+        "push_p99_ms",
+        "push_reflect_p99_ms",
+        "server_cpu_ms_per_insert",
+    ],
+    "S2": [
+        "push_p50_ms",
+        "push_p99_ms",
+        "push_reflect_p99_ms",
+        "server_cpu_ms_per_insert",
+        "server_peak_rss_mib",
+        "final_count_lag_ms",
+        "insert_p99_ms",
+        "viewers",
+        "viewers_with_every_push",
+    ],
     "S3": ["inserts_per_s", "final_count_lag_ms", "server_cpu_ms_per_insert", "insert_p99_ms"],
-    "S4": ["push_p50_ms", "push_p99_ms", "push_reflect_p99_ms", "bytes_per_push", "server_cpu_ms_per_insert", "preload_s"],
+    "S4": [
+        "push_p50_ms",
+        "push_p99_ms",
+        "push_reflect_p99_ms",
+        "bytes_per_push",
+        "server_cpu_ms_per_insert",
+        "preload_s",
+    ],
 }
-COMMON = ["phase_s", "client_cpu_ratio", "foreign_cpu_server_core_s", "foreign_cpu_client_core_s",
-          "foreign_cpu_machine_s"]
+COMMON = [
+    "phase_s",
+    "client_cpu_ratio",
+    "foreign_cpu_server_core_s",
+    "foreign_cpu_client_core_s",
+    "foreign_cpu_machine_s",
+]
 
 
 def per_server_keys(figures: dict[str, JSON]) -> list[str]:
@@ -1250,10 +1337,19 @@ def report(name: str, runs: Sequence[RunResult], ctx: Context, smoke: bool) -> t
     notes = sorted({note for run in runs for note in run.notes})
     ok = not failures
     line = {
-        "scenario": name, "ok": ok, "smoke": smoke, "urls": ctx.urls, "server_pids": ctx.server_pids,
-        "sizes": asdict(ctx.sizes), "runs": len(runs), "median": medians,
-        "per_run": [run.figures for run in runs], "client_bound": any(run.client_bound for run in runs),
-        "failures": failures, "notes": notes, "busy_before": ctx.busy_before,
+        "scenario": name,
+        "ok": ok,
+        "smoke": smoke,
+        "urls": ctx.urls,
+        "server_pids": ctx.server_pids,
+        "sizes": asdict(ctx.sizes),
+        "runs": len(runs),
+        "median": medians,
+        "per_run": [run.figures for run in runs],
+        "client_bound": any(run.client_bound for run in runs),
+        "failures": failures,
+        "notes": notes,
+        "busy_before": ctx.busy_before,
     }
     print("BENCH_JSON " + json.dumps(line, separators=(",", ":")), flush=True)
     rows = []
@@ -1262,7 +1358,7 @@ def report(name: str, runs: Sequence[RunResult], ctx: Context, smoke: bool) -> t
         rows.append(f"{name:<4} {key:<48} {fmt(medians.get(key)):>12}   {per_run if len(runs) > 1 else ''}")
     for key in medians:
         if key.startswith("pushes["):
-            label = key[len("pushes["):-1]
+            label = key[len("pushes[") : -1]
             got = f"{fmt(medians[key])}/{fmt(medians.get(f'pushes_expected[{label}]'))}"
             rows.append(f"{name:<4} {'pushes (got/expected) ' + label:<48} {got:>12}")
     status = "OK" if ok else f"FAIL ({len(failures)})"
@@ -1287,16 +1383,27 @@ def raise_fd_limit(needed: int) -> None:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="ws://127.0.0.1:8000/ws/")
-    parser.add_argument("--urls", default=None,
-                        help="comma-separated URLs of several server processes (replaces --url): viewers are "
-                             "spread round-robin, the admin uses the first")
-    parser.add_argument("--origin", default=None,
-                        help="Origin header (default: http(s)://host:port of --url, as a browser sends; '' for none)")
+    parser.add_argument(
+        "--urls",
+        default=None,
+        help="comma-separated URLs of several server processes (replaces --url): viewers are "
+        "spread round-robin, the admin uses the first",
+    )
+    parser.add_argument(
+        "--origin",
+        default=None,
+        help="Origin header (default: http(s)://host:port of --url, as a browser sends; '' for none)",
+    )
     parser.add_argument("--server-pid", type=int, default=None, help="server process, for CPU and RSS figures")
-    parser.add_argument("--server-pids", default=None,
-                        help="comma-separated server processes (replaces --server-pid): per-process CPU and RSS")
+    parser.add_argument(
+        "--server-pids",
+        default=None,
+        help="comma-separated server processes (replaces --server-pid): per-process CPU and RSS",
+    )
     parser.add_argument("--scenarios", default="S1,S2,S3,S4")
-    parser.add_argument("--runs", type=int, default=None, help="runs per scenario, median reported (default 3; 1 with --smoke)")
+    parser.add_argument(
+        "--runs", type=int, default=None, help="runs per scenario, median reported (default 3; 1 with --smoke)"
+    )
     parser.add_argument("--viewers", type=int, default=None, help="S2 viewers (default 1,000)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: a correctness check for CI")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the viewers' final state")

@@ -2,7 +2,7 @@
 
     bench/run_s5.sh                                    # 10k, 1M and 10M readings on SQLite and PostgreSQL
     bench/run_s5.sh --sizes 10000,1000000 --databases sqlite --seconds 30
-    bench/run_s5.sh --smoke --databases sqlite         # CI size (tests/test_bench_s5_smoke.py)
+    bench/run_s5.sh --smoke --databases sqlite         # CI size (tests/bench/test_bench_s5_smoke.py)
 
 For each database (a SQLite file in a temp dir; a fresh PostgreSQL database, dropped afterwards)
 and each size, with one uvicorn server process (DEBUG off, the in-memory layer, as bench/run.sh):
@@ -541,6 +541,7 @@ class Options:
     keep: bool
     smoke: bool
     py_spy: str | None = None
+    quiet_wait: float = 0.0
 
 
 @dataclass
@@ -612,7 +613,7 @@ def run_case(kind: str, size: int, options: Options) -> Case:
         case.figures["server_start_s"] = round(time.perf_counter() - started, 1)
         pin(1)
         ours = {os.getpid(), *process_tree(server.pid), *database.backend_pids()}
-        busy = busy_processes(ours)
+        busy = wait_until_quiet(ours, options.quiet_wait)
         if busy:
             case.notes.append(f"machine not quiet before the run: {'; '.join(busy)}")
         run_loop(measure(case, server, database, grid, truth, options))
@@ -636,6 +637,16 @@ def run_case(kind: str, size: int, options: Options) -> Case:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     return case
+
+
+def wait_until_quiet(ours: set[int], patience_s: float) -> list[str]:
+    """Waits up to `patience_s` for a second in which no other process used 5 % of a core (other
+    people's test runs share this machine); returns the busy processes of the last second checked."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        busy = busy_processes(ours, share=0.05 if patience_s else 0.02)
+        if not busy or time.monotonic() > deadline:
+            return busy
 
 
 def run_loop(coroutine: Any) -> Any:
@@ -880,7 +891,8 @@ def target_rows(cases: Sequence[Case]) -> list[str]:
         if big is not small and cpu_big is not None and cpu_small:
             ratio = cpu_big / cpu_small
             lines.append(f"  server CPU per transaction {cpu_big:.2f} ms vs {cpu_small:.2f} ms at {small.size:,}: "
-                         f"{ratio:.2f}x (target <= {TARGET_CPU_RATIO}x): {verdict(ratio, TARGET_CPU_RATIO)}")
+                         f"{ratio:.2f}x (target <= {TARGET_CPU_RATIO}x): "
+                         f"{'met' if ratio <= TARGET_CPU_RATIO else 'MISSED'}")
         ack = big.figures.get("ack_p99_ms")
         lines.append(f"  write ack p99 {fmt_ms(ack)} ms (target <= {TARGET_ACK_P99_MS:.0f}): "
                      f"{verdict(ack, TARGET_ACK_P99_MS)}")
@@ -936,6 +948,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true", help=f"CI size: {SMOKE_SIZE:,} readings, "
                                                              f"{SMOKE_SECONDS:.0f} s of writes")
     parser.add_argument("--keep", action="store_true", help="keep every case's temp dir (server log, SQLite file)")
+    parser.add_argument("--quiet-wait", type=float, default=0.0, metavar="SECONDS",
+                        help="before measuring, wait up to this long for a second without other busy processes")
     parser.add_argument("--py-spy", default=None, metavar="BINARY",
                         help="record the server with this py-spy during each writer phase (collapsed stacks in "
                              "the kept temp dir; sampling slows the server, so such runs are not for figures)")
@@ -950,6 +964,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seconds=args.seconds if args.seconds is not None else (SMOKE_SECONDS if args.smoke else 30.0),
         repeats=args.repeats or (3 if args.smoke else 5),
         timeout=args.timeout, keep=args.keep or bool(args.py_spy), smoke=args.smoke, py_spy=args.py_spy,
+        quiet_wait=args.quiet_wait,
     )
     servers.raise_fd_limit()
     rev = revision()

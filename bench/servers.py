@@ -32,6 +32,7 @@ redis://127.0.0.1:6379/9).  Redis pub/sub channels ignore the database number, s
 other runs on the same Redis hear our changes and we theirs; `group_listeners()` tells.
 The servers' logs stay in a temp dir when a run fails or with --keep.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -92,9 +93,18 @@ def raise_fd_limit() -> None:
 def uvicorn_argv(port: int, python: str = sys.executable) -> list[str]:
     """The command line of one server process on a loopback port."""
     return [
-        python, "-m", "uvicorn", "dashboard_project.asgi:application",
-        "--host", "127.0.0.1", "--port", str(port),
-        "--ws-per-message-deflate", "false", "--log-level", "warning",
+        python,
+        "-m",
+        "uvicorn",
+        "dashboard_project.asgi:application",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--ws-per-message-deflate",
+        "false",
+        "--log-level",
+        "warning",
     ]
 
 
@@ -126,8 +136,17 @@ LIVE: list[Process] = []
 class Process:
     """A child process listening on `port`, whose output goes to a log file; always stoppable."""
 
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path, port: int, *,
-                 start_timeout: float = START_TIMEOUT_S, stop_timeout: float = STOP_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        env: dict[str, str],
+        log_path: Path,
+        port: int,
+        *,
+        start_timeout: float = START_TIMEOUT_S,
+        stop_timeout: float = STOP_TIMEOUT_S,
+    ) -> None:
         self.name, self.argv, self.env, self.log_path, self.port = name, argv, env, log_path, port
         self.start_timeout, self.stop_timeout = start_timeout, stop_timeout
         self.proc: subprocess.Popen[bytes] | None = None
@@ -145,8 +164,12 @@ class Process:
             log.write(f"{LOG_HEADER}{self.name}: {' '.join(self.argv)}\n".encode())
             log.flush()
             self.proc = subprocess.Popen(
-                self.argv, cwd=PROJECT_DIR, env=self.env, stdin=subprocess.DEVNULL,
-                stdout=log, stderr=subprocess.STDOUT,
+                self.argv,
+                cwd=PROJECT_DIR,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         if self not in LIVE:
             LIVE.append(self)
@@ -158,12 +181,15 @@ class Process:
         deadline = time.monotonic() + self.start_timeout
         while not port_open(self.port):
             if self.proc.poll() is not None:
-                raise ServerError(f"{self.name} exited with {self.proc.returncode} before accepting "
-                                  f"connections:\n{self.log()}")
+                raise ServerError(
+                    f"{self.name} exited with {self.proc.returncode} before accepting connections:\n{self.log()}"
+                )
             if time.monotonic() > deadline:
                 self.stop()
-                raise ServerError(f"{self.name} did not accept connections on port {self.port} within "
-                                  f"{self.start_timeout} s:\n{self.log()}")
+                raise ServerError(
+                    f"{self.name} did not accept connections on port {self.port} within "
+                    f"{self.start_timeout} s:\n{self.log()}"
+                )
             time.sleep(0.05)
 
     @property
@@ -270,44 +296,63 @@ def _failed(args: tuple[str, ...], returncode: int, output: str) -> ServerError:
     return ServerError(f"manage.py {' '.join(args)} exited with {returncode}:\n{output[-4000:]}")
 
 
-def manage(env: dict[str, str], *args: str, timeout: float = COMMAND_TIMEOUT_S,
-           python: str = sys.executable) -> subprocess.CompletedProcess[str]:
+def manage(
+    env: dict[str, str], *args: str, timeout: float = COMMAND_TIMEOUT_S, python: str = sys.executable
+) -> subprocess.CompletedProcess[str]:
     """Runs `manage.py <args>` to the end; raises ServerError unless it succeeds."""
     result = subprocess.run(
-        [python, "manage.py", *args], cwd=PROJECT_DIR, env=env,
-        capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+        [python, "manage.py", *args],
+        cwd=PROJECT_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
     )
     if result.returncode != 0:
         raise _failed(args, result.returncode, result.stdout + result.stderr)
     return result
 
 
-async def manage_spawn(env: dict[str, str], *args: str, merge_stderr: bool = False,
-                       python: str = sys.executable) -> asyncio.subprocess.Process:
+async def manage_spawn(
+    env: dict[str, str], *args: str, merge_stderr: bool = False, python: str = sys.executable
+) -> asyncio.subprocess.Process:
     """Starts `manage.py <args>` with its output piped (stderr into stdout with `merge_stderr`);
     the caller reads and stops it."""
     return await asyncio.create_subprocess_exec(
-        python, "manage.py", *args, cwd=PROJECT_DIR, env=env, stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
+        python,
+        "manage.py",
+        *args,
+        cwd=PROJECT_DIR,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
     )
 
 
-async def manage_async(env: dict[str, str], *args: str, timeout: float = COMMAND_TIMEOUT_S,
-                       merge_stderr: bool = False, python: str = sys.executable) -> tuple[int, str, str]:
+async def manage_async(
+    env: dict[str, str],
+    *args: str,
+    timeout: float = COMMAND_TIMEOUT_S,
+    merge_stderr: bool = False,
+    python: str = sys.executable,
+) -> tuple[int, str, str]:
     """Runs `manage.py <args>` without blocking the event loop: (returncode, stdout, stderr),
     stderr "" with `merge_stderr`. Raises ServerError (after killing it) if it runs past `timeout`."""
     proc = await manage_spawn(env, *args, merge_stderr=merge_stderr, python=python)
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         proc.kill()
         await proc.wait()
         raise ServerError(f"manage.py {' '.join(args)} did not finish within {timeout} s") from None
     return proc.returncode, out.decode(errors="replace"), (err or b"").decode(errors="replace")
 
 
-def prepare_database(env: dict[str, str], *, force: bool = False, timeout: float = COMMAND_TIMEOUT_S,
-                     python: str = sys.executable) -> None:
+def prepare_database(
+    env: dict[str, str], *, force: bool = False, timeout: float = COMMAND_TIMEOUT_S, python: str = sys.executable
+) -> None:
     """Migrates the database of `env` and seeds the demo tokens (`seed_demo`, with `--force`
     where DEBUG is off: they are public knowledge, fit only for a throwaway server)."""
     manage(env, "migrate", "--no-input", "-v0", timeout=timeout, python=python)
@@ -327,8 +372,9 @@ def postgres_connect(url: str, *, connect_timeout: int = 5, statement_timeout_ms
     import psycopg
 
     options = {} if statement_timeout_ms is None else {"options": f"-c statement_timeout={statement_timeout_ms}"}
-    return psycopg.connect(url.replace("postgres://", "postgresql://", 1), autocommit=True,
-                           connect_timeout=connect_timeout, **options)
+    return psycopg.connect(
+        url.replace("postgres://", "postgresql://", 1), autocommit=True, connect_timeout=connect_timeout, **options
+    )
 
 
 def create_database(admin_url: str, name: str) -> None:
@@ -381,15 +427,21 @@ def group_listeners(redis_url: str = REDIS_URL) -> int | None:
 class Cluster:
     """N server processes sharing one fresh PostgreSQL database and Redis; a context manager."""
 
-    def __init__(self, processes: int = 2, redis_url: str = REDIS_URL, keep: bool = False,
-                 extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        processes: int = 2,
+        redis_url: str = REDIS_URL,
+        keep: bool = False,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.processes = processes
         self.redis_url = redis_url
         self.keep = keep
         self.database = f"bench_{os.getpid()}_{secrets.token_hex(3)}"
         self.workdir = Path(tempfile.mkdtemp(prefix="dashboard-multi."))
         self.env = server_env(
-            database_url(self.database), redis_url,
+            database_url(self.database),
+            redis_url,
             # Production-like: with DEBUG on, Django keeps every SQL query in memory.
             debug=False,
             DJANGO_SECRET_KEY=secrets.token_urlsafe(50),
@@ -423,8 +475,15 @@ class Cluster:
         prepare_database(self.env, force=True, python=PYTHON)
         for index in range(self.processes):
             port = free_port()
-            server = Server(f"server {index}", uvicorn_argv(port, PYTHON), self.env, self.log_path(index), port,
-                            start_timeout=START_TIMEOUT_S, stop_timeout=STOP_TIMEOUT_S)
+            server = Server(
+                f"server {index}",
+                uvicorn_argv(port, PYTHON),
+                self.env,
+                self.log_path(index),
+                port,
+                start_timeout=START_TIMEOUT_S,
+                stop_timeout=STOP_TIMEOUT_S,
+            )
             server.launch()
             self.servers.append(server)
         for server in self.servers:
@@ -487,8 +546,9 @@ def substitute(text: str, fill: dict[str, str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Run a command against N fresh server processes "
-                                                 "({urls} and {pids} in it become comma lists).")
+    parser = argparse.ArgumentParser(
+        description="Run a command against N fresh server processes ({urls} and {pids} in it become comma lists)."
+    )
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--redis-url", default=REDIS_URL)
     parser.add_argument("--keep", action="store_true", help="keep the servers' logs")
@@ -500,9 +560,12 @@ def main(argv: list[str] | None = None) -> int:
 
     others = group_listeners(args.redis_url)
     with Cluster(args.processes, args.redis_url, args.keep) as cluster:
-        print(f"{args.processes} uvicorn processes {cluster.pids} on {','.join(cluster.urls)}, database "
-              f"{cluster.database}, {args.redis_url}; other servers listening on the change group: {others}",
-              file=sys.stderr, flush=True)
+        print(
+            f"{args.processes} uvicorn processes {cluster.pids} on {','.join(cluster.urls)}, database "
+            f"{cluster.database}, {args.redis_url}; other servers listening on the change group: {others}",
+            file=sys.stderr,
+            flush=True,
+        )
         fill = {"urls": ",".join(cluster.urls), "pids": ",".join(map(str, cluster.pids))}
         rc = subprocess.run([substitute(part, fill) for part in command], cwd=PROJECT_DIR).returncode
         for index in range(args.processes):

@@ -32,6 +32,7 @@ PostgreSQL backends' CPU, this client's CPU ratio, and the CPU other processes t
 machine (contention: other engineers' runs share the two cores).  Only the last result of each
 subscription is kept, not every push, so memory stays flat however long the run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,19 @@ from typing import Any
 
 import servers
 from loadclient import (
-    ADMIN_TOKEN, CONNECT_CONCURRENCY, VIEWER_TOKEN, Conn, PhaseFigures, PhaseMeter, RequestFailed, bounded_gather, brief,
-    cpu_seconds, default_origin, describe, spec_label,
+    ADMIN_TOKEN,
+    CONNECT_CONCURRENCY,
+    VIEWER_TOKEN,
+    Conn,
+    PhaseFigures,
+    PhaseMeter,
+    RequestFailed,
+    bounded_gather,
+    brief,
+    cpu_seconds,
+    default_origin,
+    describe,
+    spec_label,
 )
 
 JSON = Any
@@ -90,6 +102,7 @@ SMOKE = Sizes(viewers=20, writes=300, duration=6.0, churn_fraction=0.5, churn_ra
 @dataclass
 class SubState:
     """What one subscription has received: its last result and counters, not every push."""
+
     label: str
     spec: QuerySpec
     last: JSON
@@ -223,8 +236,14 @@ async def reconnect(viewer: SoakViewer, urls: Sequence[str], abrupt: bool, stats
     stats.failures.append(f"viewer {viewer.index}: reconnect failed 3 times: {last_error}")
 
 
-async def churn(viewers: Sequence[SoakViewer], urls: Sequence[str], rate: float, stop: asyncio.Event,
-                rng: random.Random, stats: ChurnStats) -> None:
+async def churn(
+    viewers: Sequence[SoakViewer],
+    urls: Sequence[str],
+    rate: float,
+    stop: asyncio.Event,
+    rng: random.Random,
+    stats: ChurnStats,
+) -> None:
     """Reconnect random churning viewers at `rate` per second until `stop` is set."""
     candidates = [viewer for viewer in viewers if viewer.churns]
     tasks: set[asyncio.Task[None]] = set()
@@ -300,8 +319,12 @@ class Writer:
     def _metric(self) -> dict[str, JSON]:
         self.n += 1
         names = HOT_NAMES if self.rng.random() < P_HOT_INSERT else COLD_NAMES
-        return {"name": self.rng.choice(names), "value": round(self.rng.uniform(0, 100), 2), "unit": "%",
-                "timestamp": int(time.time() * 1000)}
+        return {
+            "name": self.rng.choice(names),
+            "value": round(self.rng.uniform(0, 100), 2),
+            "unit": "%",
+            "timestamp": int(time.time() * 1000),
+        }
 
     def _insert(self) -> tuple[dict[str, JSON], str, Callable[[JSON], None]]:
         return {"op": "insert", "bucket": "metrics", "data": self._metric()}, "insert", self._keep
@@ -324,8 +347,12 @@ class Writer:
             self.errors.append(f"{self.conn.label}: delete returned {brief(data)}")
 
     def _alert(self) -> tuple[dict[str, JSON], str, Callable[[JSON], None]]:
-        data = {"metric": self.rng.choice(HOT_NAMES), "threshold": round(self.rng.uniform(50, 100), 1),
-                "severity": self.rng.choice(("low", "medium", "high")), "timestamp": int(time.time() * 1000)}
+        data = {
+            "metric": self.rng.choice(HOT_NAMES),
+            "threshold": round(self.rng.uniform(50, 100), 1),
+            "severity": self.rng.choice(("low", "medium", "high")),
+            "timestamp": int(time.time() * 1000),
+        }
         return {"op": "insert", "bucket": "alerts", "data": data}, "alert", lambda _: None
 
     # requests
@@ -454,8 +481,9 @@ async def read_finals(admins: Sequence[Conn], specs: dict[str, QuerySpec], failu
         reads = [await admin.call(op, **fields) for admin in admins]
         finals[label] = reads[0]
         if any(read != reads[0] for read in reads[1:]):
-            failures.append(f"{op} {brief(fields)}: the server processes disagree: "
-                            + " vs ".join(describe(read) for read in reads))
+            failures.append(
+                f"{op} {brief(fields)}: the server processes disagree: " + " vs ".join(describe(read) for read in reads)
+            )
     return finals
 
 
@@ -468,8 +496,10 @@ def lost_states(viewers: Sequence[SoakViewer], finals: dict[str, JSON]) -> list[
         for sub_id, state in viewer.conn.subs.items():
             if state.last != finals[state.label]:
                 age = "no push" if state.last_push_t is None else f"last push {now - state.last_push_t:.1f}s ago"
-                lost.append(f"{viewer.conn.label} {state.label} ({sub_id}): holds {describe(state.last)}, "
-                            f"fresh read {describe(finals[state.label])}; {state.pushes} pushes, {age}")
+                lost.append(
+                    f"{viewer.conn.label} {state.label} ({sub_id}): holds {describe(state.last)}, "
+                    f"fresh read {describe(finals[state.label])}; {state.pushes} pushes, {age}"
+                )
     return lost
 
 
@@ -485,7 +515,9 @@ async def check_finals(viewers: Sequence[SoakViewer], finals: dict[str, JSON], t
     return lost_states(viewers, finals)
 
 
-async def check_subscription_counts(admins: Sequence[Conn], viewers: Sequence[SoakViewer]) -> tuple[list[int], list[int]]:
+async def check_subscription_counts(
+    admins: Sequence[Conn], viewers: Sequence[SoakViewer]
+) -> tuple[list[int], list[int]]:
     """(active subscriptions each process reports, subscriptions our live viewers hold there)."""
     reported, ours = [], []
     for server, admin in enumerate(admins):
@@ -537,7 +569,7 @@ async def soak(cluster: servers.Cluster, sizes: Sizes, seed: int) -> Report:
         add_figures(report, sizes, viewers, outcome)
         add_failures(report, sizes, admins, viewers, outcome)
     finally:
-        conns = [admin for admin in admins] + [viewer.conn for viewer in viewers if viewer.conn is not None]
+        conns = list(admins) + [viewer.conn for viewer in viewers if viewer.conn is not None]
         await bounded_gather([conn.close for conn in conns], CONNECT_CONCURRENCY)
     report.figures["duration_s"] = round(time.perf_counter() - started, 1)
     return report
@@ -552,6 +584,7 @@ async def open_admin(url: str, index: int) -> Conn:
 @dataclass
 class Outcome:
     """What the phases produced, for the figures and the checks."""
+
     writers: list[Writer]
     churn: ChurnStats
     sent: int
@@ -567,8 +600,14 @@ class Outcome:
     subscriptions_held: list[int]
 
 
-async def run_phases(cluster: servers.Cluster, sizes: Sizes, rng: random.Random, admins: list[Conn],
-                     viewers: list[SoakViewer], report: Report) -> Outcome:
+async def run_phases(
+    cluster: servers.Cluster,
+    sizes: Sizes,
+    rng: random.Random,
+    admins: list[Conn],
+    viewers: list[SoakViewer],
+    report: Report,
+) -> Outcome:
     """Writes with churn, then quiescence and the final-state checks."""
     meter = PhaseMeter(cluster.pids)
     meter.start()
@@ -589,21 +628,41 @@ async def run_phases(cluster: servers.Cluster, sizes: Sizes, rng: random.Random,
     phase = meter.snapshot()
     meter.stop()
     reported, held = await check_subscription_counts(first_admin_per_server, viewers)
-    return Outcome(writers, churn_stats, sent, write_s, cut_short, quiet, settle_s, finals, lost, phase,
-                   backends.seconds(), reported, held)
+    return Outcome(
+        writers,
+        churn_stats,
+        sent,
+        write_s,
+        cut_short,
+        quiet,
+        settle_s,
+        finals,
+        lost,
+        phase,
+        backends.seconds(),
+        reported,
+        held,
+    )
 
 
 def add_figures(report: Report, sizes: Sizes, viewers: Sequence[SoakViewer], outcome: Outcome) -> None:
     figures = report.figures
     servers_ = range(len(outcome.phase.per_server))
     figures.update(viewers=len(viewers), viewers_per_server=[sum(v.server == s for v in viewers) for s in servers_])
-    figures.update(write_ops=outcome.sent, write_ops_target=sizes.writes, write_phase_s=round(outcome.write_s, 1),
-                   write_ops_per_s=round(outcome.sent / outcome.write_s, 1) if outcome.write_s else None,
-                   settle_s=round(outcome.settle_s, 1))
+    figures.update(
+        write_ops=outcome.sent,
+        write_ops_target=sizes.writes,
+        write_phase_s=round(outcome.write_s, 1),
+        write_ops_per_s=round(outcome.sent / outcome.write_s, 1) if outcome.write_s else None,
+        settle_s=round(outcome.settle_s, 1),
+    )
     figures["requests"] = dict(sum((w.requests for w in outcome.writers), Counter()))
     figures["operations"] = dict(sum((w.operations for w in outcome.writers), Counter()))
-    figures.update(churning_viewers=sum(v.churns for v in viewers), reconnects_clean=outcome.churn.clean,
-                   reconnects_dropped=outcome.churn.dropped)
+    figures.update(
+        churning_viewers=sum(v.churns for v in viewers),
+        reconnects_clean=outcome.churn.clean,
+        reconnects_dropped=outcome.churn.dropped,
+    )
     add_push_figures(figures, viewers, outcome.finals, outcome.phase.wall_s)
     figures["lost_final_states"] = len(outcome.lost)
     figures["active_subscriptions_reported"] = outcome.subscriptions_reported
@@ -611,14 +670,22 @@ def add_figures(report: Report, sizes: Sizes, viewers: Sequence[SoakViewer], out
     add_cpu_figures(report, outcome.phase, outcome.database_cpu_s, outcome.sent)
 
 
-def add_failures(report: Report, sizes: Sizes, admins: Sequence[Conn], viewers: Sequence[SoakViewer],
-                 outcome: Outcome) -> None:
+def add_failures(
+    report: Report, sizes: Sizes, admins: Sequence[Conn], viewers: Sequence[SoakViewer], outcome: Outcome
+) -> None:
     failures = report.failures
     failures.extend(f"lost final state: {line}" for line in outcome.lost[:EXAMPLES])
-    duplicated = [(conn.label, sub_id, state) for viewer in viewers for conn in viewer.conns()
-                  for sub_id, state in conn.subs.items() if state.duplicates]
-    failures.extend(f"duplicate push: {label} {state.label} ({sub_id}): {state.first_duplicate}"
-                    for label, sub_id, state in duplicated[:EXAMPLES])
+    duplicated = [
+        (conn.label, sub_id, state)
+        for viewer in viewers
+        for conn in viewer.conns()
+        for sub_id, state in conn.subs.items()
+        if state.duplicates
+    ]
+    failures.extend(
+        f"duplicate push: {label} {state.label} ({sub_id}): {state.first_duplicate}"
+        for label, sub_id, state in duplicated[:EXAMPLES]
+    )
     for admin in admins:
         failures.extend(admin.violations)
     for conn in (conn for viewer in viewers for conn in viewer.conns()):
@@ -628,17 +695,22 @@ def add_failures(report: Report, sizes: Sizes, admins: Sequence[Conn], viewers: 
     failures.extend(error for writer in outcome.writers for error in writer.errors[:EXAMPLES])
     failures.extend(outcome.churn.failures[:EXAMPLES])
     if outcome.subscriptions_reported != outcome.subscriptions_held:
-        failures.append(f"active subscriptions per process: servers report {outcome.subscriptions_reported}, "
-                        f"live viewers hold {outcome.subscriptions_held}")
+        failures.append(
+            f"active subscriptions per process: servers report {outcome.subscriptions_reported}, "
+            f"live viewers hold {outcome.subscriptions_held}"
+        )
     if not outcome.quiet:
         failures.append(f"pushes still arriving {sizes.timeout:.0f}s after the last write")
     if outcome.cut_short:
-        report.notes.append(f"the write phase hit its bound (2 x {sizes.duration:.0f}s) after {outcome.sent} of "
-                            f"{sizes.writes} operations: the servers could not keep up with the pace")
+        report.notes.append(
+            f"the write phase hit its bound (2 x {sizes.duration:.0f}s) after {outcome.sent} of "
+            f"{sizes.writes} operations: the servers could not keep up with the pace"
+        )
 
 
-def add_push_figures(figures: dict[str, JSON], viewers: Sequence[SoakViewer], finals: dict[str, JSON],
-                     wall_s: float) -> None:
+def add_push_figures(
+    figures: dict[str, JSON], viewers: Sequence[SoakViewer], finals: dict[str, JSON], wall_s: float
+) -> None:
     pushes: Counter[str] = Counter()
     duplicates = 0
     for viewer in viewers:
@@ -652,7 +724,9 @@ def add_push_figures(figures: dict[str, JSON], viewers: Sequence[SoakViewer], fi
     figures["push_mib"] = round(sum(c.push_bytes for v in viewers for c in v.conns()) / 2**20, 1)
     figures["duplicate_consecutive_pushes"] = duplicates
     figures["subscriptions_checked"] = sum(len(v.conn.subs) for v in viewers if v.conn)
-    figures["final_sizes"] = {label: (value if isinstance(value, int) else len(value)) for label, value in finals.items()}
+    figures["final_sizes"] = {
+        label: (value if isinstance(value, int) else len(value)) for label, value in finals.items()
+    }
 
 
 def add_cpu_figures(report: Report, phase: PhaseFigures, database_cpu_s: float, writes: int) -> None:
@@ -679,10 +753,20 @@ def print_report(report: Report, cluster: servers.Cluster, sizes: Sizes, seed: i
     ok = not report.failures
     report.figures["other_servers_on_change_group"] = others
     if others:
-        report.notes.append(f"{others} other server processes listened on this Redis's change group: they "
-                            "and ours re-evaluated on each other's writes (CPU, not correctness)")
-    line = {"ok": ok, "sizes": asdict(sizes), "seed": seed, "server_pids": cluster.pids, "database": cluster.database,
-            "figures": report.figures, "failures": report.failures, "notes": report.notes}
+        report.notes.append(
+            f"{others} other server processes listened on this Redis's change group: they "
+            "and ours re-evaluated on each other's writes (CPU, not correctness)"
+        )
+    line = {
+        "ok": ok,
+        "sizes": asdict(sizes),
+        "seed": seed,
+        "server_pids": cluster.pids,
+        "database": cluster.database,
+        "figures": report.figures,
+        "failures": report.failures,
+        "notes": report.notes,
+    }
     print("SOAK_JSON " + json.dumps(line, separators=(",", ":")), flush=True)
     print()
     for key, value in report.figures.items():
@@ -714,8 +798,11 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Sizes, argparse.Names
     parser.add_argument("--keep", action="store_true", help="keep the server logs")
     args = parser.parse_args(argv)
     sizes = SMOKE if args.smoke else Sizes()
-    overrides = {name: getattr(args, name) for name in ("viewers", "writes", "duration", "churn_rate",
-                                                         "churn_fraction", "timeout") if getattr(args, name) is not None}
+    overrides = {
+        name: getattr(args, name)
+        for name in ("viewers", "writes", "duration", "churn_rate", "churn_fraction", "timeout")
+        if getattr(args, name) is not None
+    }
     return Sizes(**{**asdict(sizes), **overrides}), args
 
 
@@ -730,8 +817,12 @@ async def main(sizes: Sizes, args: argparse.Namespace) -> int:
         cluster.stop()
         print(f"setup failed: {error}", file=sys.stderr)
         return 2
-    print(f"servers {cluster.pids} on {','.join(cluster.urls)}, database {cluster.database}, {args.redis_url}, "
-          f"seed {seed}: {sizes}", file=sys.stderr, flush=True)
+    print(
+        f"servers {cluster.pids} on {','.join(cluster.urls)}, database {cluster.database}, {args.redis_url}, "
+        f"seed {seed}: {sizes}",
+        file=sys.stderr,
+        flush=True,
+    )
     ok = False
     # Every wait inside is bounded; this is the backstop should one of them not be.
     limit = 2 * sizes.duration + 3 * sizes.timeout + 300

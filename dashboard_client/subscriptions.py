@@ -64,7 +64,7 @@ class Subscription:
         await self.client.unsubscribe(self)
 
     # A timeout argument, as asyncio.wait_for has it: the common call is a bounded wait.
-    async def wait_for(self, predicate: Callable[[Any], bool], timeout: float | None = None) -> Any:  # noqa: ASYNC109
+    async def wait_for(self, predicate: Callable[[Any], bool], timeout: float | None = None) -> Any:
         """Waits until `predicate(data)` holds for the latest result; returns it.
         Raises TimeoutError after `timeout` seconds, or DashboardError if the
         subscription ends first (its `error`, or code ENDED when it was

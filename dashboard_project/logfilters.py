@@ -7,16 +7,21 @@ already says once that the layer is down and once that it is back
 the named loggers pass at most once per `seconds`, the next one saying how
 many were held back.
 """
+
 from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 
 class RepeatFilter(logging.Filter):
-    def __init__(self, loggers: tuple[str, ...] | list[str] = ("channels_redis",), seconds: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        loggers: tuple[str, ...] | list[str] = ("channels_redis",),
+        seconds: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__()
         self.loggers = tuple(loggers)
         self.seconds = seconds

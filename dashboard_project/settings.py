@@ -4,6 +4,7 @@ Development defaults are safe to run on a laptop (SQLite file, in-memory channel
 layer); a deployment sets DJANGO_SECRET_KEY, DJANGO_DEBUG=0,
 DJANGO_ALLOWED_HOSTS, DATABASE_URL and REDIS_URL. See `.env.example`.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,7 +34,7 @@ def env_list(name: str, default: str) -> list[str]:
 
 def env_int(name: str, default: int) -> int:
     raw = os.environ.get(name)
-    return default if raw in (None, "") else int(raw)
+    return int(raw) if raw else default
 
 
 def env_retention(name: str, default: str) -> float | None:
@@ -49,7 +50,7 @@ def env_retention(name: str, default: str) -> float | None:
 
 def env_json(name: str, default: Any) -> Any:
     raw = os.environ.get(name)
-    return default if raw in (None, "") else json.loads(raw)
+    return json.loads(raw) if raw else default
 
 
 DEBUG = env_bool("DJANGO_DEBUG", True)
@@ -182,10 +183,13 @@ DASHBOARD = {
     # Used by realtime.permissions.check_with_role_rules (when named above):
     # per role, which buckets it may read and write and which queries it may
     # subscribe to ("*": all). Roles named here are offered for new tokens.
-    "ROLE_RULES": env_json("DASHBOARD_ROLE_RULES", {
-        "admin": {"read": "*", "write": "*", "subscribe": "*"},
-        "viewer": {"read": "*", "subscribe": "*"},
-    }),
+    "ROLE_RULES": env_json(
+        "DASHBOARD_ROLE_RULES",
+        {
+            "admin": {"read": "*", "write": "*", "subscribe": "*"},
+            "viewer": {"read": "*", "subscribe": "*"},
+        },
+    ),
     # Failed auth.login attempts per client address per minute, counted in
     # each server process (0: no limit).
     # Generous by default: every client behind one proxy or NAT shares an
@@ -258,8 +262,14 @@ DASHBOARD = {
     # Coarse tiers outlive raw readings, so old ranges stay chartable.
     "RETENTION": {
         level: env_retention(f"DASHBOARD_RETENTION_{level.upper()}", default)
-        for level, default in (("raw", "7d"), ("10s", "7d"), ("1m", "90d"), ("10m", "365d"),
-                               ("1h", "forever"), ("1d", "forever"))
+        for level, default in (
+            ("raw", "7d"),
+            ("10s", "7d"),
+            ("1m", "90d"),
+            ("10m", "365d"),
+            ("1h", "forever"),
+            ("1d", "forever"),
+        )
     },
     # metric-series: a step finer than the finest tier (10 s) is computed
     # from raw readings only while the range holds at most this many times

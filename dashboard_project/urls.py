@@ -1,4 +1,5 @@
 """HTTP routes: the dashboard page and the Django admin."""
+
 from django.contrib import admin
 from django.contrib.staticfiles.urls import staticfiles_urlpatterns
 from django.urls import path

@@ -5,6 +5,7 @@ on it: scripts, connections and everything else from this origin only (the
 WebSocket on this host), no framing. Styles allow inline values because the
 chart library and the widgets set style attributes from script.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -15,17 +16,19 @@ from django.views.generic import TemplateView
 
 def content_security_policy(request: HttpRequest) -> str:
     host = request.get_host()
-    return "; ".join([
-        "default-src 'self'",
-        "script-src 'self'",
-        "style-src 'self' 'unsafe-inline'",
-        "img-src 'self' data:",
-        f"connect-src 'self' ws://{host} wss://{host}",
-        "object-src 'none'",
-        "base-uri 'none'",
-        "form-action 'self'",
-        "frame-ancestors 'none'",
-    ])
+    return "; ".join(
+        [
+            "default-src 'self'",
+            "script-src 'self'",
+            "style-src 'self' 'unsafe-inline'",
+            "img-src 'self' data:",
+            f"connect-src 'self' ws://{host} wss://{host}",
+            "object-src 'none'",
+            "base-uri 'none'",
+            "form-action 'self'",
+            "frame-ancestors 'none'",
+        ]
+    )
 
 
 class DashboardView(TemplateView):

@@ -10,6 +10,7 @@ screenshot. Needs the dev requirements and /usr/bin/chromium:
 
 With --phone it shows the page at 390x844 instead, scrolled to the charts.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -22,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.browser import ProtocolClient, launch_chromium  # noqa: E402
-from tests.servers import LiveServer  # noqa: E402
+from tests.browser import ProtocolClient, launch_chromium
+from tests.servers import LiveServer
 
 OUTPUT = Path(__file__).resolve().parent / "dashboard.png"
 VIEWPORT = {"width": 1280, "height": 720}

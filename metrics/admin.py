@@ -1,4 +1,5 @@
 """Django admin for inspecting the buckets; saves here push like any other write."""
+
 from django.contrib import admin
 
 from .models import Alert, Metric

@@ -1,5 +1,6 @@
 """App config for the data layer: connects the model signals that report
 changes and keep the derived tables (per-name figures, tiers) right."""
+
 from django.apps import AppConfig
 
 

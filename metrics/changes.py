@@ -6,6 +6,7 @@ bulk deletes note it themselves. Changes made in one transaction are gathered
 and sent once, after commit, so a transaction is one change and a rollback
 sends nothing. Receivers (the realtime fan-out) run in the committing thread.
 """
+
 from __future__ import annotations
 
 import logging
@@ -100,8 +101,11 @@ def _scheduled(pending: ChangeSet) -> bool:
     except (AttributeError, TypeError, IndexError):
         if not _layout_warned:
             _layout_warned = True
-            logger.warning("Django's run_on_commit layout changed (checked with Django %s): a transaction's "
-                           "changes may be published more than once", ".".join(map(str, RUN_ON_COMMIT_CHECKED_WITH)))
+            logger.warning(
+                "Django's run_on_commit layout changed (checked with Django %s): a transaction's "
+                "changes may be published more than once",
+                ".".join(map(str, RUN_ON_COMMIT_CHECKED_WITH)),
+            )
         return False
 
 

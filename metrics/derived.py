@@ -16,12 +16,14 @@ paths (`clear`, `prune_raw`) directly. `QuerySet.update()`, `bulk_create()`
 and raw SQL bypass model signals: `rebuild_aggregates` recomputes from the
 readings.
 """
+
 from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from django.db import connection
 
@@ -128,12 +130,21 @@ def reading_removed(reading: Reading) -> None:
         _stats_subtract(cursor, reading.name, 1, reading.value, reading.value, reading.value, {reading.seq})
         if bucketed(reading.timestamp):
             for res in TIERS:
-                _rollup_subtract(cursor, reading.name, res, bucket_start(reading.timestamp, res),
-                                 1, reading.value, reading.value, reading.value)
+                _rollup_subtract(
+                    cursor,
+                    reading.name,
+                    res,
+                    bucket_start(reading.timestamp, res),
+                    1,
+                    reading.value,
+                    reading.value,
+                    reading.value,
+                )
 
 
-def _stats_subtract(cursor: Any, name: str, count: int, total: float, low: float, high: float,
-                    seqs: set[int] | None) -> None:
+def _stats_subtract(
+    cursor: Any, name: str, count: int, total: float, low: float, high: float, seqs: set[int] | None
+) -> None:
     """Removes `count` readings of `name` (sum `total`, extremes `low` and
     `high`, row ids `seqs` or None when not listed) from its figures; the rows
     must already be gone."""
@@ -169,8 +180,9 @@ def _stats_subtract(cursor: Any, name: str, count: int, total: float, low: float
     cursor.execute(f"UPDATE {STATS} SET {assignments} WHERE name = %s", [*params, name])
 
 
-def _rollup_subtract(cursor: Any, name: str, res: int, start: int, count: int, total: float,
-                     low: float, high: float) -> None:
+def _rollup_subtract(
+    cursor: Any, name: str, res: int, start: int, count: int, total: float, low: float, high: float
+) -> None:
     key = [name, res, start]
     cursor.execute(
         f"SELECT count, min, max FROM {ROLLUP} WHERE name = %s AND resolution = %s AND start = %s{_for_update()}", key
@@ -230,8 +242,15 @@ def readings_removed_in_bulk(name: str, removed: list[tuple[int, float, float]])
         return
     values = [value for _seq, value, _ts in removed]
     with connection.cursor() as cursor:
-        _stats_subtract(cursor, name, len(removed), math.fsum(values), min(values), max(values),
-                        {seq for seq, _value, _ts in removed})
+        _stats_subtract(
+            cursor,
+            name,
+            len(removed),
+            math.fsum(values),
+            min(values),
+            max(values),
+            {seq for seq, _value, _ts in removed},
+        )
 
 
 def set_horizon(resolution: int, pruned_before: float) -> None:

@@ -1,4 +1,5 @@
 """The store's expected failures, each carrying a protocol error code."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -6,10 +6,12 @@ lookup. Comparisons follow the reference server's JavaScript semantics: a value
 of another type than the field never matches (instead of being coerced), and
 $startsWith/$endsWith are case-sensitive on every database.
 """
+
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from django.conf import settings
 from django.db.models import F, Q, Value
@@ -64,9 +66,7 @@ def compile_filter(bucket: BucketSchema, spec: Any, path: str = "filter") -> Q:
             continue
         column = bucket.column(name)
         if column is None:
-            raise StoreError(
-                VALIDATION_ERROR, f'Unknown field "{name}" in filter for bucket "{bucket.name}"'
-            )
+            raise StoreError(VALIDATION_ERROR, f'Unknown field "{name}" in filter for bucket "{bucket.name}"')
         q &= _compile_condition(column, bucket.field_type(name), condition)
     return q
 
@@ -85,8 +85,10 @@ def _compile_logical(bucket: BucketSchema, op: str, parts: Any, path: str) -> Q:
 
 
 def _is_operator_object(condition: Any) -> bool:
-    return isinstance(condition, dict) and bool(condition) and all(
-        isinstance(k, str) and k.startswith("$") for k in condition
+    return (
+        isinstance(condition, dict)
+        and bool(condition)
+        and all(isinstance(k, str) and k.startswith("$") for k in condition)
     )
 
 
@@ -185,9 +187,7 @@ def _ends_with(column: str, ftype: str, operand: Any) -> Q:
         return NOTHING
     if text == "":
         return EVERYTHING
-    return Q(GreaterThan(Length(F(column)), len(text) - 1)) & Q(
-        Exact(Right(F(column), len(text)), Value(text))
-    )
+    return Q(GreaterThan(Length(F(column)), len(text) - 1)) & Q(Exact(Right(F(column), len(text)), Value(text)))
 
 
 def _exists(column: str, ftype: str, operand: Any) -> Q:

@@ -4,6 +4,7 @@ The protocol's key (`id`, a uuid string unless the client gives one) is the
 `key` column; `seq` is the real primary key because a uuid has no insertion
 order and the protocol returns records in insertion order.
 """
+
 from __future__ import annotations
 
 import time
@@ -90,6 +91,9 @@ class MetricNameStats(models.Model):
         verbose_name = "metric name summary"
         verbose_name_plural = "metric name summaries"
 
+    def __str__(self) -> str:
+        return f"{self.name}: {self.count} readings"
+
 
 class MetricRollup(models.Model):
     """Count, sum, min and max of one name's readings whose `timestamp` falls
@@ -108,6 +112,9 @@ class MetricRollup(models.Model):
     class Meta:
         verbose_name = "metric rollup"
 
+    def __str__(self) -> str:
+        return f"{self.name} [{self.start}, +{self.resolution} ms): {self.count}"
+
 
 class MetricHorizon(models.Model):
     """How far back each level is complete: readings (resolution 0) or tier
@@ -116,15 +123,16 @@ class MetricHorizon(models.Model):
     resolution = models.IntegerField(primary_key=True, help_text="0 for the raw readings")
     pruned_before = models.FloatField(help_text="ms since epoch")
 
+    def __str__(self) -> str:
+        return f"resolution {self.resolution}: pruned before {self.pruned_before}"
+
 
 class Alert(BucketRecord):
     SEVERITIES = ("low", "medium", "high")
 
     metric = models.TextField()
     threshold = models.FloatField()
-    severity = models.CharField(
-        max_length=6, default="low", choices=[(s, s) for s in SEVERITIES]
-    )
+    severity = models.CharField(max_length=6, default="low", choices=[(s, s) for s in SEVERITIES])
     timestamp = models.FloatField(help_text="ms since epoch, as sent by the client")
 
     class Meta(BucketRecord.Meta):

@@ -7,12 +7,13 @@ names a record's content because every save bumps the version and seq is never
 reused for committed rows. Rows read inside a transaction are not cached: a
 rollback could let SQLite hand the same identity to different content.
 """
+
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from django.db import connection
+from django.db import connection, models
 
 from .schema import BucketSchema, record_from_row, row_columns
 
@@ -22,7 +23,10 @@ MAX_CACHED_RECORDS = 200_000
 class Record(dict):
     """A record as the protocol sends it; treat as immutable, it is shared."""
 
-    __slots__ = ("version", "_json")
+    __slots__ = ("_json", "version")
+    _json: str
+    # The row's version: with its seq, what the cache keys a record's content by.
+    version: int
 
     def json(self) -> str:
         try:
@@ -84,7 +88,7 @@ def fetch_by_seq(bucket: BucketSchema, seqs: list[int]) -> dict[int, Record]:
             chunk = seqs[start : start + 900]
             cursor.execute(f"{select}({', '.join(['%s'] * len(chunk))})", chunk)
             for values in cursor.fetchall():
-                row = dict(zip(columns, values))
+                row = dict(zip(columns, values, strict=False))
                 record = Record(record_from_row(bucket, row))
                 record.version = row["version"]
                 fetched[row["seq"]] = record
@@ -99,14 +103,20 @@ def fetch_by_seq(bucket: BucketSchema, seqs: list[int]) -> dict[int, Record]:
 _selects: dict[str, str] = {}
 
 
+def _column(meta: Any, name: str) -> str:
+    field = meta.get_field(name)
+    assert isinstance(field, models.Field) and field.column  # the bucket's own concrete fields
+    return field.column
+
+
 def _select_by_seq(bucket: BucketSchema) -> str:
     select = _selects.get(bucket.name)
     if select is None:
         meta = bucket.model._meta
         quote = connection.ops.quote_name
-        names = ", ".join(quote(meta.get_field(column).column) for column in row_columns(bucket))
+        names = ", ".join(quote(_column(meta, name)) for name in row_columns(bucket))
         select = _selects[bucket.name] = (
-            f"SELECT {names} FROM {quote(meta.db_table)} WHERE {quote(meta.get_field('seq').column)} IN "
+            f"SELECT {names} FROM {quote(meta.db_table)} WHERE {quote(_column(meta, 'seq'))} IN "
         )
     return select
 

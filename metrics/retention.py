@@ -5,12 +5,14 @@ lock, on SQLite least of all) and one change for subscribers. The per-name
 figures lose the pruned readings; the tiers keep them until their own, longer
 retention, so old ranges stay chartable at a coarser step.
 """
+
 from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 from django.db import connection, transaction
 
@@ -93,8 +95,9 @@ def _delete_batch(seqs: list[int], cutoff: float) -> int:
     return count
 
 
-def prune_raw(*, older_than_ms: float, keep_per_name: int | None = None, now_ms: float | None = None,
-              batch: int = DEFAULT_BATCH) -> int:
+def prune_raw(
+    *, older_than_ms: float, keep_per_name: int | None = None, now_ms: float | None = None, batch: int = DEFAULT_BATCH
+) -> int:
     """Deletes readings whose `timestamp` (the client's) is more than
     `older_than_ms` before now, except the newest `keep_per_name` of each
     name (by timestamp, then insertion). Returns how many were deleted."""
@@ -120,8 +123,9 @@ def prune_raw(*, older_than_ms: float, keep_per_name: int | None = None, now_ms:
     return deleted
 
 
-def prune_tiers(*, retention_ms: dict[int, float | None], now_ms: float | None = None,
-                batch: int = DEFAULT_BATCH) -> dict[int, int]:
+def prune_tiers(
+    *, retention_ms: dict[int, float | None], now_ms: float | None = None, batch: int = DEFAULT_BATCH
+) -> dict[int, int]:
     """Deletes tier buckets that ended more than their tier's retention ago
     ({resolution: ms, or None to keep for ever}). Returns deletions per tier."""
     now = now_ms if now_ms is not None else time.time() * 1000
@@ -162,7 +166,8 @@ def _names_in_tier(res: int) -> list[str]:
 
 def retention_ms_by_tier(retention: dict[str, float | None]) -> dict[int, float | None]:
     """Settings' RETENTION (seconds by level name) as {resolution ms: ms}."""
-    return {
-        res: (None if retention.get(name) is None else retention[name] * 1000)
-        for res, name in derived.TIER_NAMES.items()
-    }
+    by_tier: dict[int, float | None] = {}
+    for res, name in derived.TIER_NAMES.items():
+        seconds = retention.get(name)
+        by_tier[res] = None if seconds is None else seconds * 1000
+    return by_tier

@@ -1,5 +1,6 @@
 """Bucket schemas: the one place that says which fields a bucket has, and how
 client data is validated and records are serialized."""
+
 from __future__ import annotations
 
 import math
@@ -151,9 +152,7 @@ def _issue(spec: FieldSpec, code: str, message: str) -> Issue:
 
 def _raise_issues(bucket: BucketSchema, issues: list[Issue]) -> None:
     summary = "; ".join(f"{i['field']}: {i['message']}" for i in issues)
-    raise StoreError(
-        VALIDATION_ERROR, f'Validation failed for bucket "{bucket.name}": {summary}', issues
-    )
+    raise StoreError(VALIDATION_ERROR, f'Validation failed for bucket "{bucket.name}": {summary}', issues)
 
 
 def _unknown_fields(bucket: BucketSchema, data: dict[str, Any]) -> list[Issue]:

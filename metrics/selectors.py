@@ -4,6 +4,7 @@ Every read that returns records goes through `records.load`, so a record's
 dict (and its JSON encoding) is shared between evaluations while it is
 unchanged.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,7 @@ from .schema import BUCKETS, BucketSchema, json_number
 
 
 def _queryset(bucket: BucketSchema, filter_spec: Any = None) -> QuerySet:
-    qs = bucket.model.objects.all()
+    qs = bucket.model._default_manager.all()
     if filter_spec is not None:
         qs = qs.filter(compile_filter(bucket, filter_spec))
     return qs
@@ -88,8 +89,9 @@ def compiled_filter_count() -> int:
     return len(_compiled)
 
 
-def _fetch_compiled(bucket: BucketSchema, sql: str, params: tuple, filter_spec: Any, order: str | None,
-                    limit: int | None) -> list[tuple]:
+def _fetch_compiled(
+    bucket: BucketSchema, sql: str, params: tuple, filter_spec: Any, order: str | None, limit: int | None
+) -> list[tuple]:
     try:
         return _fetch(sql, params)
     except Exception:
@@ -153,7 +155,7 @@ def record_last(*, bucket: BucketSchema, n: int, filter: Any = None) -> list[Rec
 def record_paginate(*, bucket: BucketSchema, limit: int, after: str | None = None) -> dict[str, Any]:
     qs = _queryset(bucket).order_by("seq")
     if after is not None:
-        cursor = bucket.model.objects.filter(key=after).values_list("seq", flat=True).first()
+        cursor = bucket.model._default_manager.filter(key=after).values_list("seq", flat=True).first()
         if cursor is None:
             # As in the reference: nothing comes after a key that is not there.
             return {"records": [], "hasMore": False}
@@ -223,5 +225,4 @@ def bucket_names() -> dict[str, Any]:
 
 
 def bucket_record_counts() -> dict[str, int]:
-    return {name: b.model.objects.count() for name, b in BUCKETS.items()}
-
+    return {name: b.model._default_manager.count() for name, b in BUCKETS.items()}

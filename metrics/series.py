@@ -10,12 +10,14 @@ edge), never by the readings in the range. A step under 10 s is computed from
 raw readings only while the range holds few of them (SERIES_RAW_READINGS_PER_POINT
 per point); otherwise the step grows. See docs/history.md.
 """
+
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from django.conf import settings
 from django.db import connection
@@ -30,9 +32,24 @@ MAX_ABS_MS = 8.64e15
 
 _SECOND, _MINUTE, _HOUR, _DAY = 1000, 60_000, 3_600_000, 86_400_000
 _ROUND_STEPS = (
-    _SECOND, 2 * _SECOND, 5 * _SECOND, 10 * _SECOND, 20 * _SECOND, 30 * _SECOND,
-    _MINUTE, 2 * _MINUTE, 5 * _MINUTE, 10 * _MINUTE, 20 * _MINUTE, 30 * _MINUTE,
-    _HOUR, 2 * _HOUR, 3 * _HOUR, 6 * _HOUR, 12 * _HOUR, _DAY,
+    _SECOND,
+    2 * _SECOND,
+    5 * _SECOND,
+    10 * _SECOND,
+    20 * _SECOND,
+    30 * _SECOND,
+    _MINUTE,
+    2 * _MINUTE,
+    5 * _MINUTE,
+    10 * _MINUTE,
+    20 * _MINUTE,
+    30 * _MINUTE,
+    _HOUR,
+    2 * _HOUR,
+    3 * _HOUR,
+    6 * _HOUR,
+    12 * _HOUR,
+    _DAY,
 )
 
 
@@ -99,8 +116,7 @@ class _Reader:
         """(timestamp, value) of the readings in the range; None when there
         are more than `limit`."""
         op = "<=" if hi_inclusive else "<"
-        sql = (f"SELECT timestamp, value FROM {self.metric} WHERE name = %s AND timestamp >= %s "
-               f"AND timestamp {op} %s")
+        sql = f"SELECT timestamp, value FROM {self.metric} WHERE name = %s AND timestamp >= %s AND timestamp {op} %s"
         params: list[Any] = [self.name, float(lo), float(hi)]
         if limit is not None:
             sql += " LIMIT %s"
@@ -139,7 +155,7 @@ class _Reader:
                 self._span(lo, first, False, index - 1, into)
                 self._span(end, hi, hi_inclusive, index - 1, into)
                 return
-        for ts, value in self.raw(lo, hi, hi_inclusive) or ():
+        for _ts, value in self.raw(lo, hi, hi_inclusive) or ():
             _merge(into, 0, 1, value, value, value)
 
 
@@ -202,8 +218,13 @@ def metric_series(*, name: str, points: int, window: Window, now_ms: float | Non
             "to": shown_to,
             "step": step,
             "points": [
-                {"t": t, "count": agg[0], "min": json_number(float(agg[2])), "max": json_number(float(agg[3])),
-                 "avg": json_number(agg[1] / agg[0])}
+                {
+                    "t": t,
+                    "count": agg[0],
+                    "min": json_number(float(agg[2])),
+                    "max": json_number(float(agg[3])),
+                    "avg": json_number(agg[1] / agg[0]),
+                }
                 for t, agg in sorted(buckets.items())
                 if agg[0] > 0
             ],
@@ -212,8 +233,7 @@ def metric_series(*, name: str, points: int, window: Window, now_ms: float | Non
     )
 
 
-def _fill(reader: _Reader, buckets: dict[int, Agg], lo: float, hi: float, inclusive: bool, step: int,
-          res: int) -> None:
+def _fill(reader: _Reader, buckets: dict[int, Agg], lo: float, hi: float, inclusive: bool, step: int, res: int) -> None:
     """Buckets of `step` over the range: whole ones from tier `res`, the one
     or two cut by the range's ends put together exactly (`span`)."""
     first = (math.floor(lo) // step) * step

@@ -1,9 +1,11 @@
 """Writes to the store. Each service is one `transaction.atomic()` and returns
 plain records; changes reach subscribers through `changes`, after commit."""
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from django.db import IntegrityError, connection, transaction
 
@@ -44,7 +46,7 @@ def _update(bucket: BucketSchema, key: Any, data: dict[str, Any]) -> Record:
     if not isinstance(key, str):
         raise _not_found(bucket, key)
     columns = validate_update(bucket, key, data)
-    instance = bucket.model.objects.select_for_update().filter(key=key).first()
+    instance = bucket.model._default_manager.select_for_update().filter(key=key).first()
     if instance is None:
         raise _not_found(bucket, key)
     for column, value in columns.items():
@@ -61,7 +63,7 @@ def _saved(bucket: BucketSchema, instance: Any) -> Record:
 
 def _delete(bucket: BucketSchema, key: Any) -> dict[str, bool]:
     if isinstance(key, str):
-        instance = bucket.model.objects.filter(key=key).first()
+        instance = bucket.model._default_manager.filter(key=key).first()
         if instance is not None:
             instance.delete()
     # Deleting a missing key is not an error, as in the reference server.

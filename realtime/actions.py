@@ -4,11 +4,13 @@ The consumer checks auth and permission, looks the request's `type` up in
 ACTIONS (never `getattr` on a client-chosen name) and awaits the handler. A
 handler returns the result's data; store work runs in the database thread.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Protocol
 
 from channels.db import database_sync_to_async
 from django.conf import settings
@@ -37,6 +39,8 @@ class Requester(Protocol):
     session: Session | None
     hub: Hub
     subscriptions: dict[str, Subscription]
+
+    def deliver_push(self, subscription: Subscription, body: tuple[str, ...], body_utf8: tuple[bytes, ...]) -> bool: ...
 
     def start_session(self, session: Session) -> None: ...
 
@@ -71,9 +75,7 @@ async def auth_login(ctx: Context) -> Any:
     limit = settings.DASHBOARD["LOGIN_ATTEMPTS_PER_MINUTE"]
     retry_ms = login_failures.retry_after_ms(address, limit)
     if retry_ms:
-        raise ProtocolError(
-            RATE_LIMITED, f"Rate limit exceeded. Retry after {retry_ms}ms", {"retryAfterMs": retry_ms}
-        )
+        raise ProtocolError(RATE_LIMITED, f"Rate limit exceeded. Retry after {retry_ms}ms", {"retryAfterMs": retry_ms})
     token = fields.non_empty_string(ctx.body, "token")
     try:
         # The validator may read the database (stored tokens).
@@ -87,7 +89,10 @@ async def auth_login(ctx: Context) -> Any:
         # The address and the outcome, never the token: a log must not hold credentials.
         logger.warning(
             "auth.login failed from %s: %s (%d failure(s) in the last minute%s)",
-            address, error.message, failures, ", now rate limited" if 0 < limit <= failures else "",
+            address,
+            error.message,
+            failures,
+            ", now rate limited" if 0 < limit <= failures else "",
         )
         raise
     ctx.consumer.start_session(session)
@@ -255,7 +260,7 @@ def _transaction_operation(index: int, operation: Any) -> services.Operation:
         raise _invalid(f"{where}: expected object")
     op = operation.get("op")
     needed = TRANSACTION_FIELDS.get(op) if isinstance(op, str) else None
-    if needed is None:
+    if needed is None or not isinstance(op, str):
         raise _invalid(f'{where}: invalid "op" — expected one of: {", ".join(TRANSACTION_FIELDS)}')
     name = operation.get("bucket")
     if not isinstance(name, str) or not name:

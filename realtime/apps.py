@@ -1,4 +1,5 @@
 """App config for the protocol layer: subscribes the hubs to store changes and session revocations."""
+
 from django.apps import AppConfig
 
 

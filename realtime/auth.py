@@ -5,12 +5,13 @@ into a Session (or None when unknown); a deployment replaces it without
 touching the consumer. The default is `accounts.tokens.validate_token`
 (hashed tokens an operator issues); this module knows nothing of it.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
-from typing import Callable
+from functools import cache
 
 from django.conf import settings
 from django.dispatch import Signal
@@ -49,7 +50,7 @@ TokenValidator = Callable[[str], "Session | None"]
 sessions_revoked = Signal()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _validator(path: str) -> TokenValidator:
     return import_string(path)
 

@@ -1,6 +1,7 @@
 """The process's WebSocket connections: admission per client address, the
 heartbeat ticker, and ending sessions (revocation, or tokens that a check
 finds no longer valid)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -126,7 +127,9 @@ class Connections:
 
     async def recheck_sessions(self) -> None:
         path = settings.DASHBOARD["TOKEN_RECHECK"]
-        if not path or (path == DEFAULT_TOKEN_RECHECK and settings.DASHBOARD["TOKEN_VALIDATOR"] != DEFAULT_TOKEN_VALIDATOR):
+        if not path or (
+            path == DEFAULT_TOKEN_RECHECK and settings.DASHBOARD["TOKEN_VALIDATOR"] != DEFAULT_TOKEN_VALIDATOR
+        ):
             # The default check knows the default validator's token ids only.
             return
         sessions = {viewer: viewer.session for viewer in self if viewer.session is not None}
@@ -141,7 +144,7 @@ class Connections:
                 viewer.revoke(reason)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _token_recheck(path: str) -> Any:
     return import_string(path)
 

@@ -1,5 +1,6 @@
 """The WebSocket consumer: parses frames, routes them through the action
 table, and writes replies and pushes through one ordered outbox."""
+
 from __future__ import annotations
 
 import asyncio
@@ -21,9 +22,9 @@ from .errors import (
     CLOSE_HEARTBEAT_TIMEOUT,
     CLOSE_LOGIN_TIMEOUT,
     CLOSE_POLICY_VIOLATION,
-    CLOSE_TOO_MANY_CONNECTIONS,
     CLOSE_SESSION_REVOKED,
     CLOSE_TOO_BIG,
+    CLOSE_TOO_MANY_CONNECTIONS,
     CLOSE_UNSUPPORTED_DATA,
     FORBIDDEN,
     INTERNAL_ERROR,
@@ -53,6 +54,10 @@ MAX_BATCH = 64
 
 
 class DashboardConsumer(AsyncWebsocketConsumer):
+    # Set in connect(), before any frame is read or written.
+    hub: Hub
+    outbox: Outbox
+
     # No per-consumer channel-layer channel: changes reach consumers through
     # the process's hub, never through one layer message per viewer.
     channel_layer_alias = "__dashboard_no_layer__"
@@ -61,8 +66,6 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         super().__init__(*args, **kwargs)
         self.session: Session | None = None
         self.subscriptions: dict[str, Subscription] = {}
-        self.hub: Hub | None = None
-        self.outbox: Outbox | None = None
         self.inbox: collections.deque[frames.Request | str] = collections.deque()
         # The frame length of each inbox item, and their sum.
         self.inbox_sizes: collections.deque[int] = collections.deque()
@@ -72,6 +75,8 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         self.closed = False
         self.awaiting_pong = False
         self.login_timer: asyncio.TimerHandle | None = None
+        # Close tasks started from synchronous callbacks, kept until done.
+        self._tasks: set[asyncio.Future] = set()
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels runs close_old_connections in a thread hop before every
@@ -93,14 +98,20 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         await self.hub.start()
         await self.accept()
         limits = settings.DASHBOARD
-        self.outbox = Outbox(self.base_send, limits["MAX_OUTBOX_BYTES"], self._outbox_overflow,
-                             wire.frame_writer(self.base_send), self.hub.outbox_ledger)
+        self.outbox = Outbox(
+            self.base_send,
+            limits["MAX_OUTBOX_BYTES"],
+            self._outbox_overflow,
+            wire.frame_writer(self.base_send),
+            self.hub.outbox_ledger,
+        )
         if shutdown.shutting_down:
             await self.close_with(CLOSE_GOING_AWAY, "server_shutting_down")
             return
         address = client_address(self.scope)
-        if not self.hub.connections.admit(self, address, limits["MAX_CONNECTIONS_PER_ADDRESS"],
-                              limits["MAX_UNAUTHENTICATED_PER_ADDRESS"]):
+        if not self.hub.connections.admit(
+            self, address, limits["MAX_CONNECTIONS_PER_ADDRESS"], limits["MAX_UNAUTHENTICATED_PER_ADDRESS"]
+        ):
             await self.close_with(CLOSE_TOO_MANY_CONNECTIONS, "too_many_connections")
             return
         deadline = limits["LOGIN_DEADLINE_SECONDS"]
@@ -113,7 +124,7 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         # address (and memory) until the client goes away.
         self.login_timer = None
         if not self.closed:
-            asyncio.ensure_future(self.close_with(CLOSE_LOGIN_TIMEOUT, "login_timeout"))
+            self._closing(self.close_with(CLOSE_LOGIN_TIMEOUT, "login_timeout"))
 
     def start_session(self, session: Session) -> None:
         """A successful auth.login (again, possibly as another user)."""
@@ -133,7 +144,7 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         # far behind is not reading. Free its frames and close it.
         logger.warning("closing a connection whose client does not read (%d bytes waiting)", self.outbox.queued)
         self.outbox.close()
-        asyncio.ensure_future(self.close_with(CLOSE_POLICY_VIOLATION, "slow_consumer"))
+        self._closing(self.close_with(CLOSE_POLICY_VIOLATION, "slow_consumer"))
 
     async def disconnect(self, code: int) -> None:
         self.release()
@@ -144,7 +155,7 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         if self.login_timer is not None:
             self.login_timer.cancel()
             self.login_timer = None
-        if self.hub is not None:
+        if hasattr(self, "hub"):  # set in connect()
             for subscription in self.subscriptions.values():
                 self.hub.queries.unsubscribe(subscription)
             self.hub.connections.release(self)
@@ -154,7 +165,7 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         self.inbox_chars = 0
         if self.worker is not None:
             self.worker.cancel()
-        if self.outbox is not None:
+        if hasattr(self, "outbox"):
             self.outbox.close()
 
     async def close_with(self, code: int, reason: str) -> None:
@@ -169,7 +180,14 @@ class DashboardConsumer(AsyncWebsocketConsumer):
             return
         self.session = None
         self.enqueue(frames.system_frame("session_revoked", reason=reason))
-        asyncio.ensure_future(self.close_after_outbox(CLOSE_SESSION_REVOKED, "session_revoked"))
+        self._closing(self.close_after_outbox(CLOSE_SESSION_REVOKED, "session_revoked"))
+
+    def _closing(self, close: Any) -> None:
+        """Runs a close started from synchronous code (a timer, the hub)
+        as a task this connection keeps until it is done."""
+        task = asyncio.ensure_future(close)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def close_after_outbox(self, code: int, reason: str) -> None:
         """Closes once every queued frame has gone out (a slow reader gets a
@@ -183,7 +201,7 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         if self.closed:
             return
         if self.awaiting_pong:
-            asyncio.create_task(self.close_with(CLOSE_HEARTBEAT_TIMEOUT, "heartbeat_timeout"))
+            self._closing(self.close_with(CLOSE_HEARTBEAT_TIMEOUT, "heartbeat_timeout"))
             return
         self.awaiting_pong = True
         self.enqueue(frames.ping_frame(now_ms))
@@ -206,10 +224,10 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         except ProtocolError as error:
             item: frames.Request | str = frames.error_frame(0, error.code, error.message)
         else:
-            if request is frames.PONG:
+            if isinstance(request, frames.Pong):
                 self.awaiting_pong = False
                 return
-            item = request  # a Request, or a refusal's finished error frame
+            item = request  # a Request, or a refusal's finished error frame (a str)
         self.inbox.append(item)
         self.inbox_sizes.append(len(text))
         self.inbox_chars += len(text)
@@ -282,7 +300,7 @@ class DashboardConsumer(AsyncWebsocketConsumer):
             outcomes = iter(await BATCHED[batch[0].type](ready) if ready else [])
         except Exception as error:
             outcomes = iter([error] * len(ready))
-        for request, context in zip(batch, contexts):
+        for request, context in zip(batch, contexts, strict=False):
             self.reply(request, context if isinstance(context, Exception) else next(outcomes))
 
     def reply(self, request: frames.Request, outcome: Any) -> None:
@@ -370,9 +388,10 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         if self.closed:
             return False
         session = self.session
-        if session is None or session is not subscription.allowed_for or session.expires_at is not None:
-            if not self.may_receive(subscription):
-                return False
+        if (
+            session is None or session is not subscription.allowed_for or session.expires_at is not None
+        ) and not self.may_receive(subscription):
+            return False
         self.outbox.push(subscription.subscription_id, subscription.frame_prefix, body, body_utf8)
         return True
 
@@ -381,9 +400,12 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         session, or one that could not read it) gets the latest result."""
         for subscription in self.subscriptions.values():
             latest = subscription.live.last_json
-            if latest is not None and subscription.last_json != latest:
-                if self.deliver_push(subscription, (latest, "}"), (latest.encode(), b"}")):
-                    subscription.last_json = latest
+            if (
+                latest is not None
+                and subscription.last_json != latest
+                and self.deliver_push(subscription, (latest, "}"), (latest.encode(), b"}"))
+            ):
+                subscription.last_json = latest
 
 
 # Types the reference routes without a session (and then finds no handler for).

@@ -17,13 +17,15 @@ autobahn it brings: another daphne, or an autobahn whose `sendCloseFrame` has
 changed, leaves daphne's path in place and logs why once;
 tests/realtime/test_close_codes.py fails if that happens to the pinned versions.
 """
+
 from __future__ import annotations
 
 import functools
 import inspect
 import logging
 import sys
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -107,8 +109,11 @@ def _internals() -> tuple[Any, Any] | None:
     problem = _problem(daphne, ws_module)
     if problem:
         _declined = True
-        logger.warning("daphne closes through its own path (%s): under runserver, close codes other than "
-                       "1000 and 3000-4999 become 1011 and close reasons are dropped", problem)
+        logger.warning(
+            "daphne closes through its own path (%s): under runserver, close codes other than "
+            "1000 and 3000-4999 become 1011 and close reasons are dropped",
+            problem,
+        )
         return None
     _checked = (server_module.Server.handle_reply, ws_module.WebSocketProtocol)
     return _checked
@@ -120,6 +125,8 @@ def _problem(daphne: Any, ws_module: Any) -> str:
         return f"daphne {version}, checked with {DAPHNE_VERSION}"
     protocol_class = ws_module.WebSocketProtocol
     send_close_frame = getattr(protocol_class, "sendCloseFrame", None)
+    if send_close_frame is None:
+        return "no autobahn sendCloseFrame"
     try:
         parameters = list(inspect.signature(send_close_frame).parameters)
     except (TypeError, ValueError):

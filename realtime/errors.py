@@ -1,4 +1,5 @@
 """Protocol error codes and close codes, and the exception that carries them."""
+
 from __future__ import annotations
 
 from metrics.errors import (  # noqa: F401  (re-exported: one list of codes)

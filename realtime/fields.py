@@ -1,4 +1,5 @@
 """Checks of request fields, with the protocol's VALIDATION_ERROR messages."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -4,13 +4,14 @@ Encoding builds JSON text by hand around pre-encoded parts, so a record's
 JSON (cached on `metrics.records.Record`) and a query result's JSON are made
 once and reused in every frame that carries them.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from metrics.records import Record
 
@@ -105,7 +106,7 @@ def has_unstorable_string(value: Any) -> bool:
     return False
 
 
-def is_finite_number(value: Any) -> bool:
+def is_finite_number(value: Any) -> TypeGuard[int | float]:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
     try:
@@ -152,7 +153,6 @@ def error_frame(request_id: int | float, code: str, message: str, details: Any =
 def push_frame_prefix(subscription_id: str) -> str:
     """A push frame up to its data: the frame is prefix + data JSON + "}"."""
     return '{"type":"push","channel":"subscription","subscriptionId":' + dumps(subscription_id) + ',"data":'
-
 
 
 def welcome_frame(server_time_ms: int) -> str:

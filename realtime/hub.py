@@ -7,6 +7,7 @@ evaluates its own distinct live queries once and hands push frames to its
 own connections. Channel-layer traffic per change is one message, whatever
 the number of viewers (docs/fanout.md). Revocations travel the same way.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -50,8 +51,9 @@ class Hub:
             self.tasks = [*await self.link.join(), *self.queries.tasks(), *self.connections.tasks()]
             interval = settings.DASHBOARD["EXTERNAL_WRITES_POLL_SECONDS"]
             if sqlite_watch.hears_no_other_process(layer) and interval > 0:
-                self.tasks.append(asyncio.create_task(sqlite_watch.watch(interval, self._external_write),
-                                                      name="hub-watch-sqlite"))
+                self.tasks.append(
+                    asyncio.create_task(sqlite_watch.watch(interval, self._external_write), name="hub-watch-sqlite")
+                )
             self._started = True
             _running[self.loop] = self
 
@@ -125,8 +127,9 @@ def publish_revocation(sender: Any = None, token_ids: list[str] | None = None, r
     tokens (ids as the token validator puts them in Session.token_id).
     A receiver of `accounts.signals.sessions_revoked`; callable from any thread."""
     if token_ids:
-        _broadcast({"type": REVOKED_MESSAGE, "tokens": [str(t) for t in token_ids], "reason": reason},
-                   "a session revocation")
+        _broadcast(
+            {"type": REVOKED_MESSAGE, "tokens": [str(t) for t in token_ids], "reason": reason}, "a session revocation"
+        )
 
 
 def _broadcast(message: Message, what: str) -> None:

@@ -8,12 +8,14 @@ What the messages mean is the hub's business: the link hands each one to
 `on_message`, and calls `on_resync` when probes return after an outage
 (changes from other processes may have been lost meanwhile).
 """
+
 from __future__ import annotations
 
 import asyncio
 import logging
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +30,9 @@ Message = dict[str, Any]
 
 
 class LayerLink:
-    def __init__(self, layer: Any, on_message: Callable[[Message], None], on_resync: Callable[[], None],
-                 probe_seconds: float) -> None:
+    def __init__(
+        self, layer: Any, on_message: Callable[[Message], None], on_resync: Callable[[], None], probe_seconds: float
+    ) -> None:
         self.layer = layer
         self._on_message = on_message
         self._on_resync = on_resync

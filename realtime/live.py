@@ -7,6 +7,7 @@ are merged into the next one, so under a burst a subscription may skip
 intermediate results but always gets the result after the last change (the
 protocol's latest-state guarantee). See docs/fanout.md.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -18,9 +19,9 @@ from typing import Any, Protocol
 from channels.db import database_sync_to_async
 from django.conf import settings
 
+from .auth import Session
 from .frames import encode, push_frame_prefix
 from .queries import QueryDef, QueryStore
-from .auth import Session
 from .quotas import LiveQueryQuota
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ class Viewer(Protocol):
 
     session: Session | None
 
-    def deliver_push(self, subscription: "Subscription", body: tuple[str, ...], body_utf8: tuple[bytes, ...]) -> bool:
+    def deliver_push(self, subscription: Subscription, body: tuple[str, ...], body_utf8: tuple[bytes, ...]) -> bool:
         """Queues a push whose data is `body` (shared by every subscriber);
         never awaits. False when it was not queued (not allowed just now)."""
 
@@ -46,7 +47,7 @@ class Viewer(Protocol):
 class Subscription:
     viewer: Viewer
     subscription_id: str
-    live: "LiveQuery"
+    live: LiveQuery
     last_json: str
     # The session last found allowed to receive this subscription's pushes.
     allowed_for: Any = None
@@ -134,8 +135,14 @@ class LiveQueries:
         limits = settings.DASHBOARD
         async with self.lock:
             existing = self.live.get(key)
-            self.quota.check(owner, key, len(self.live), existing is not None,
-                             limits["MAX_LIVE_QUERIES_PER_USER"], limits["MAX_LIVE_QUERIES"])
+            self.quota.check(
+                owner,
+                key,
+                len(self.live),
+                existing is not None,
+                limits["MAX_LIVE_QUERIES_PER_USER"],
+                limits["MAX_LIVE_QUERIES"],
+            )
             live = existing or LiveQuery(query=query, params=params, key=key)
             [result] = await database_sync_to_async(evaluate_all)([live])
             if isinstance(result, BaseException):
@@ -219,7 +226,7 @@ class LiveQueries:
             results = await database_sync_to_async(evaluate_all)(lives)
             # From here to the end nothing awaits: subscriptions cannot change
             # under the loop, and each viewer only queues the frames.
-            for live, result in zip(lives, results):
+            for live, result in zip(lives, results, strict=False):
                 if not isinstance(result, BaseException):
                     _deliver(live, result)
 
@@ -236,10 +243,7 @@ def _deliver(live: LiveQuery, result: str) -> None:
     # Delivery never changes the subscriptions synchronously (a close is
     # scheduled), so the dict is iterated as it is.
     for subscription in live.subscriptions.values():
-        if subscription.last_json is previous:
-            changed = changed_since_previous
-        else:
-            changed = subscription.last_json != result
+        changed = changed_since_previous if subscription.last_json is previous else subscription.last_json != result
         if not changed:
             subscription.last_json = result
             continue

@@ -5,12 +5,13 @@ gets up to N times the limit, and a restart forgets. That is enough to make
 guessing tokens (256 random bits each) pointless and to keep a misbehaving
 client from loading the database; a shared limit would need Redis.
 """
+
 from __future__ import annotations
 
 import collections
 import math
 import time
-from typing import Callable
+from collections.abc import Callable
 
 WINDOW_SECONDS = 60.0
 # Past this many tracked addresses, forget the idle ones (at most once a second).

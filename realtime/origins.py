@@ -5,6 +5,7 @@ page on another site cannot open a socket with a user's cookies or network
 position). Clients that are not browsers send no Origin and are let in, as
 existing protocol clients (scripts, collectors) do not set one.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -10,14 +10,16 @@ queues behind it. While a push for a subscription is still queued, a newer
 result replaces it, so a slow client holds at most one pending push per
 subscription and always gets the latest state.
 """
+
 from __future__ import annotations
 
 import asyncio
 import collections
 import inspect
-import time
 import logging
-from typing import Any, Awaitable, Callable, Generator
+import time
+from collections.abc import Awaitable, Callable, Generator
+from typing import Any
 
 from .quotas import OutboxLedger
 
@@ -27,7 +29,7 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 class PushSlot:
-    __slots__ = ("key", "frame")
+    __slots__ = ("frame", "key")
 
     def __init__(self, key: str, frame: str) -> None:
         self.key = key
@@ -60,8 +62,14 @@ class _Resume:
 
 
 class Outbox:
-    def __init__(self, send: Send, max_bytes: int, on_overflow: Callable[[], None],
-                 write: Callable[..., bool] | None = None, ledger: OutboxLedger | None = None) -> None:
+    def __init__(
+        self,
+        send: Send,
+        max_bytes: int,
+        on_overflow: Callable[[], None],
+        write: Callable[..., bool] | None = None,
+        ledger: OutboxLedger | None = None,
+    ) -> None:
         self.asgi_send = send
         # realtime/wire.py: writes a frame (text, then already encoded bytes)
         # without the ASGI call when it can; None when the server's `send`
@@ -168,7 +176,7 @@ class Outbox:
             return True
         try:
             await asyncio.wait_for(asyncio.shield(drain), timeout)
-        except (asyncio.TimeoutError, asyncio.CancelledError):
+        except (TimeoutError, asyncio.CancelledError):
             return False
         return self._drain is None and not self._queue
 

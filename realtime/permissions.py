@@ -6,10 +6,11 @@ alternative with per-bucket rules from settings. The resource is the query
 name for store.subscribe, the subscription id for store.unsubscribe, the
 bucket for other store operations and "*" otherwise.
 """
+
 from __future__ import annotations
 
-from functools import lru_cache
-from typing import Callable
+from collections.abc import Callable
+from functools import cache
 
 from django.conf import settings
 from django.utils.module_loading import import_string
@@ -70,7 +71,7 @@ def check_with_role_rules(session: Session, operation: str, resource: str) -> bo
     return False
 
 
-@lru_cache(maxsize=None)
+@cache
 def _check_function(path: str) -> PermissionCheck:
     return import_string(path)
 

@@ -5,10 +5,12 @@ A query is a plain function of (store, params) run in the database thread; the
 only after changes to those buckets. Params are checked inside the function
 with the helpers below, which raise the protocol's VALIDATION_ERROR.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from metrics import selectors, series
 from metrics.errors import VALIDATION_ERROR, StoreError, invalid_field

@@ -10,10 +10,12 @@ Two ledgers, each kept by the process's hub:
   that do not read, per user and in all. Past a budget the connections that
   have made no progress for the longest are closed, until it fits again.
 """
+
 from __future__ import annotations
 
 import collections
-from typing import Hashable, Protocol
+from collections.abc import Hashable
+from typing import Protocol
 
 from .errors import RATE_LIMITED, ProtocolError
 
@@ -32,7 +34,9 @@ class LiveQueryQuota:
         if held is not None and key in held:
             return
         if not is_live and live_now >= total:
-            raise ProtocolError(RATE_LIMITED, f"Live query limit reached (max {total} distinct queries per server process)")
+            raise ProtocolError(
+                RATE_LIMITED, f"Live query limit reached (max {total} distinct queries per server process)"
+            )
         if held is not None and len(held) >= per_user:
             raise ProtocolError(RATE_LIMITED, f"Live query limit reached (max {per_user} distinct queries per user)")
 

@@ -1,4 +1,5 @@
 """Request rate limiting: a token bucket per key (the session's user)."""
+
 from __future__ import annotations
 
 import time

@@ -1,4 +1,5 @@
 """WebSocket routes: the protocol's endpoint at /ws/ and at the server root."""
+
 from django.urls import re_path
 
 from .consumer import DashboardConsumer

@@ -9,6 +9,7 @@ period, closes them with 1000 `server_shutdown`, and only then hands the
 signal to the server. daphne (the development runserver) runs no lifespan,
 so it keeps its own immediate shutdown.
 """
+
 from __future__ import annotations
 
 import asyncio

@@ -1,11 +1,13 @@
 """Notices writes that no message announces, for one server on SQLite
 without a shared channel layer (a shell, `prune_metrics`, a second server):
 SQLite's `PRAGMA data_version` changes when another connection commits."""
+
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.layers import InMemoryChannelLayer

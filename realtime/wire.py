@@ -21,11 +21,13 @@ Under `runserver` (daphne, for development) every frame goes through `send`:
 45.9 ms of CPU per insert at 1,000 viewers against 13.0 ms with the direct
 write we no longer keep there (docs/benchmarks.md).
 """
+
 from __future__ import annotations
 
 import logging
 import struct
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from websockets.protocol import State
 
@@ -91,13 +93,20 @@ def _uvicorn_writer(send: Any) -> Writer | None:
     if not type(protocol).__module__.startswith("uvicorn."):
         return None  # another server (daphne under runserver, a test)
     if not pinned_uvicorn():
-        _warn_once("version", "uvicorn %s is not the pinned %s: pushes go through the ASGI send "
-                   "(slower at many viewers)", getattr(uvicorn, "__version__", "?"), UVICORN_PIN)
+        _warn_once(
+            "version",
+            "uvicorn %s is not the pinned %s: pushes go through the ASGI send (slower at many viewers)",
+            getattr(uvicorn, "__version__", "?"),
+            UVICORN_PIN,
+        )
         return None
     if _SansIO is None or type(protocol) is not _SansIO or getattr(send, "__func__", None) is not _SansIO.send:
-        _warn_once("protocol", "uvicorn's %s WebSocket implementation is not websockets-sansio: pushes go "
-                   "through the ASGI send (slower at many viewers; run uvicorn with --ws websockets-sansio)",
-                   type(protocol).__name__)
+        _warn_once(
+            "protocol",
+            "uvicorn's %s WebSocket implementation is not websockets-sansio: pushes go "
+            "through the ASGI send (slower at many viewers; run uvicorn with --ws websockets-sansio)",
+            type(protocol).__name__,
+        )
         return None
     if not protocol.handshake_complete or protocol.conn.extensions:
         return None  # permessage-deflate: the server must compress

@@ -1,4 +1,5 @@
 """Shared fixtures: protocol clients driving the real ASGI application."""
+
 from __future__ import annotations
 
 import itertools
@@ -7,8 +8,8 @@ from typing import Any
 import pytest
 from channels.db import database_sync_to_async
 from channels.layers import channel_layers
-from django.db import connections
 from channels.testing import WebsocketCommunicator
+from django.db import connections
 
 from accounts.services import demo_tokens_seed
 from dashboard_project.asgi import application
@@ -117,6 +118,7 @@ def demo_tokens(request):
 @pytest.fixture
 def limits(settings):
     """Sets DASHBOARD settings for one test: limits(MAX_SUBSCRIPTIONS=3, ...)."""
+
     def set_limits(**values):
         settings.DASHBOARD = {**settings.DASHBOARD, **values}
 

@@ -19,6 +19,7 @@ This module adds what only tests need, and raises `ServerError` from there as is
 
 Every wait is bounded.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -88,11 +89,15 @@ class LiveServer(Server):
         port = free_port()
         env = server_env(f"sqlite:///{self.workdir.resolve() / 'db.sqlite3'}", **extra_env)
         # runserver: the development server (daphne) instead of uvicorn.
-        argv = ([sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"]
-                if runserver else uvicorn_argv(port))
+        argv = (
+            [sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"]
+            if runserver
+            else uvicorn_argv(port)
+        )
         # A graceful shutdown with pages connected may take longer than STOP_TIMEOUT.
-        super().__init__("server", argv, env, self.workdir / "server.log", port,
-                         start_timeout=START_TIMEOUT, stop_timeout=10.0)
+        super().__init__(
+            "server", argv, env, self.workdir / "server.log", port, start_timeout=START_TIMEOUT, stop_timeout=10.0
+        )
 
     @property
     def url(self) -> str:
@@ -150,7 +155,8 @@ def redis_url_if_reachable() -> str | None:
 def cluster_env(database_url: str, redis_url: str) -> dict[str, str]:
     """The environment of a cluster's servers and commands: the Redis pub/sub layer."""
     return server_env(
-        database_url, redis_url,
+        database_url,
+        redis_url,
         DASHBOARD_REDIS_LAYER="pubsub",
         # One cluster per database: other runs on the same Redis stay apart.
         DASHBOARD_CHANNEL_PREFIX="test-" + database_url.rsplit("/", 1)[-1],
@@ -162,14 +168,22 @@ def cluster_env(database_url: str, redis_url: str) -> dict[str, str]:
 
 def make_server(name: str, env: dict[str, str], log_dir: Path, port: int | None = None) -> Server:
     port = port or free_port()
-    return Server(name, uvicorn_argv(port), env, log_dir / f"server-{name}-{port}.log", port,
-                  start_timeout=START_TIMEOUT, stop_timeout=STOP_TIMEOUT)
+    return Server(
+        name,
+        uvicorn_argv(port),
+        env,
+        log_dir / f"server-{name}-{port}.log",
+        port,
+        start_timeout=START_TIMEOUT,
+        stop_timeout=STOP_TIMEOUT,
+    )
 
 
 async def manage(env: dict[str, str], *args: str, extra_env: dict[str, str] | None = None) -> str:
     """Runs `manage.py <args>` as its own process; returns its output, fails on error."""
-    code, output, _ = await manage_async({**env, **(extra_env or {})}, *args, timeout=COMMAND_TIMEOUT,
-                                         merge_stderr=True)
+    code, output, _ = await manage_async(
+        {**env, **(extra_env or {})}, *args, timeout=COMMAND_TIMEOUT, merge_stderr=True
+    )
     assert code == 0, f"manage.py {' '.join(args)} exited with {code}:\n{output}"
     return output
 
@@ -286,7 +300,7 @@ class Client:
     async def receive(self, timeout: float = TIMEOUT) -> dict[str, Any]:
         try:
             text = await asyncio.wait_for(self.ws.recv(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise AssertionError(f"{self.name}: no frame within {timeout} s") from None
         assert isinstance(text, str), f"{self.name}: binary frame {text!r}"
         return json.loads(text)
@@ -346,7 +360,7 @@ class Client:
             return False
         try:
             text = await asyncio.wait_for(self.ws.recv(), seconds)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return True
         frame = json.loads(text)
         self.pushes.append(frame)

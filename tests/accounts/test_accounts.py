@@ -1,4 +1,5 @@
 """API tokens: hashing, validation, the services and the management commands."""
+
 from __future__ import annotations
 
 import hmac
@@ -80,7 +81,7 @@ def test_validation_compares_digests_in_constant_time(alice, monkeypatch):
 
     # Same prefix, different secret: found by prefix, refused by the digest.
     calls.clear()
-    forged = raw[:PREFIX_LENGTH] + ("A" if raw[PREFIX_LENGTH] != "A" else "B") + raw[PREFIX_LENGTH + 1:]
+    forged = raw[:PREFIX_LENGTH] + ("A" if raw[PREFIX_LENGTH] != "A" else "B") + raw[PREFIX_LENGTH + 1 :]
     assert validate_token(forged) is None
     assert calls == [(token.digest, token_digest(forged))]
 
@@ -104,7 +105,9 @@ def test_valid_token_gives_a_session_named_by_username(alice):
     assert session == Session(user_id="alice", roles=("admin",), expires_at=int(expires_at.timestamp() * 1000))
     assert session.token_id == str(token.pk)
     assert session.as_login_result() == {
-        "userId": "alice", "roles": ["admin"], "expiresAt": int(expires_at.timestamp() * 1000),
+        "userId": "alice",
+        "roles": ["admin"],
+        "expiresAt": int(expires_at.timestamp() * 1000),
     }
 
 
@@ -272,8 +275,13 @@ def test_create_token_accepts_roles_named_in_the_rules(alice, settings):
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("90s", timedelta(seconds=90)), ("15m", timedelta(minutes=15)), ("12h", timedelta(hours=12)),
-     ("30d", timedelta(days=30)), ("2w", timedelta(weeks=2))],
+    [
+        ("90s", timedelta(seconds=90)),
+        ("15m", timedelta(minutes=15)),
+        ("12h", timedelta(hours=12)),
+        ("30d", timedelta(days=30)),
+        ("2w", timedelta(weeks=2)),
+    ],
 )
 def test_parse_duration(text, expected):
     assert parse_duration(text) == expected

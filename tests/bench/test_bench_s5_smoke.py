@@ -3,6 +3,7 @@ for correctness only: 10,000 readings preloaded by SQL and `rebuild_aggregates`,
 subscriptions, 5 s of collector-like writes; every result equals a recomputation from the raw
 table, every write reaches every subscription it affects. (Timings are for bench/, never
 asserted here.)"""
+
 from __future__ import annotations
 
 import json
@@ -19,7 +20,11 @@ PROJECT = Path(__file__).resolve().parents[2]
 def test_benchmark_s5_passes_its_checks_at_smoke_size():
     result = subprocess.run(
         ["bash", "bench/run_s5.sh", "--smoke", "--databases", "sqlite"],
-        cwd=PROJECT, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     [line] = [line for line in result.stdout.splitlines() if line.startswith("BENCH_JSON ")]

@@ -1,6 +1,7 @@
 """CI runs each benchmark scenario at smoke size, for correctness only: every
 viewer ends with the final result and the push counts follow the rules.
 (Timings are for bench/, never asserted here.)"""
+
 from __future__ import annotations
 
 import subprocess
@@ -16,7 +17,11 @@ PROJECT = Path(__file__).resolve().parents[2]
 def test_benchmark_scenarios_pass_their_checks_at_smoke_size():
     result = subprocess.run(
         ["bash", "bench/run.sh", "uvicorn", "S1,S2,S3,S4", "--smoke", "--runs", "1"],
-        cwd=PROJECT, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert result.stdout.count('"ok":true') == 4, result.stdout[-4000:]
@@ -28,12 +33,18 @@ def test_the_quiet_machine_check_names_a_busy_process_and_skips_excluded_ones():
 
     from bench.loadclient import busy_processes
 
-    spinner = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 20\nwhile time.time() < end: pass"])
+    spinner = subprocess.Popen(
+        [sys.executable, "-c", "import time\nend = time.time() + 20\nwhile time.time() < end: pass"]
+    )
     try:
         busy = busy_processes({os.getpid()}, window_s=0.5)
         # "pid command-line (cut at 60 characters) share": the spinner uses about a core.
-        assert any(line.startswith(f"{spinner.pid} {sys.executable[:40]}") and line.endswith("%")
-                   and int(line.rsplit(" ", 1)[1][:-1]) >= 10 for line in busy), busy
+        assert any(
+            line.startswith(f"{spinner.pid} {sys.executable[:40]}")
+            and line.endswith("%")
+            and int(line.rsplit(" ", 1)[1][:-1]) >= 10
+            for line in busy
+        ), busy
         assert not any(line.startswith(f"{os.getpid()} ") for line in busy)
     finally:
         spinner.kill()

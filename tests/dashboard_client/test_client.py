@@ -4,6 +4,7 @@ operation, errors, subscriptions, heartbeat, and surviving a server restart.
 System notices the server sends only in situations a test cannot cheaply
 cause (shutdown, session revoked, a login refused after a reconnect) are
 played by a small scripted WebSocket server at the end."""
+
 from __future__ import annotations
 
 import asyncio
@@ -49,7 +50,7 @@ def own_server(tmp_path, template_database):
 async def eventually(condition, timeout: float = TIMEOUT) -> None:
     """Polls `condition()` until it holds, for at most `timeout` seconds."""
     async with asyncio.timeout(timeout):
-        while not condition():
+        while not condition():  # noqa: ASYNC110  (the client offers no event for these states)
             await asyncio.sleep(0.02)
 
 
@@ -105,22 +106,28 @@ async def test_every_store_operation(server, open_dashboard_client):
     stats = await c.stats()
     assert stats["records"]["perBucket"]["metrics"] == 3
 
-    results = await c.transaction([
-        {"op": "insert", "bucket": "metrics", "data": metric("net", 7, "B/s", timestamp=4)},
-        {"op": "update", "bucket": "metrics", "key": b["id"], "data": {"value": 31}},
-        {"op": "count", "bucket": "metrics", "filter": {"name": "net"}},
-        {"op": "get", "bucket": "metrics", "key": m["id"]},
-    ])
+    results = await c.transaction(
+        [
+            {"op": "insert", "bucket": "metrics", "data": metric("net", 7, "B/s", timestamp=4)},
+            {"op": "update", "bucket": "metrics", "key": b["id"], "data": {"value": 31}},
+            {"op": "count", "bucket": "metrics", "filter": {"name": "net"}},
+            {"op": "get", "bucket": "metrics", "key": m["id"]},
+        ]
+    )
     assert len(results) == 4
     assert (results[0]["name"], results[1]["value"], results[2], results[3]) == ("net", 31, 1, m)
 
     with pytest.raises(DashboardError) as raised:
-        await c.transaction([
-            {"op": "insert", "bucket": "metrics", "data": metric("never")},
-            {"op": "update", "bucket": "metrics", "key": "missing", "data": {"value": 1}},
-        ])
+        await c.transaction(
+            [
+                {"op": "insert", "bucket": "metrics", "data": metric("never")},
+                {"op": "update", "bucket": "metrics", "key": "missing", "data": {"value": 1}},
+            ]
+        )
     assert (raised.value.code, raised.value.message) == (
-        "NOT_FOUND", 'Record with key "missing" not found in bucket "metrics"')
+        "NOT_FOUND",
+        'Record with key "missing" not found in bucket "metrics"',
+    )
     assert await c.count("metrics", {"name": "never"}) == 0
 
     assert await c.delete("metrics", b["id"]) == {"deleted": True}
@@ -287,7 +294,7 @@ async def test_no_reconnect_when_disabled(own_server, open_dashboard_client):
 def test_backoff_grows_with_jitter_up_to_its_cap():
     backoff = Backoff(initial=1, factor=2, maximum=5, jitter=0.5)
     delays = [backoff.next() for _ in range(6)]
-    for delay, full in zip(delays, [1, 2, 4, 5, 5, 5]):
+    for delay, full in zip(delays, [1, 2, 4, 5, 5, 5], strict=False):
         assert full * 0.5 <= delay <= full
     backoff.reset()
     assert backoff.next() <= 1
@@ -385,10 +392,12 @@ async def test_shutdown_notice_then_reconnect_and_resubscribe(scripted, open_das
             await ws.close(1000, "server_shutdown")
             return True
         if n == 2 and frame["type"] == "store.subscribe":
-            await ws.send(json.dumps({"id": frame["id"], "type": "result",
-                                      "data": {"subscriptionId": "sub-9", "data": 20}}))
-            await ws.send(json.dumps({"type": "push", "channel": "subscription",
-                                      "subscriptionId": "sub-9", "data": 21}))
+            await ws.send(
+                json.dumps({"id": frame["id"], "type": "result", "data": {"subscriptionId": "sub-9", "data": 20}})
+            )
+            await ws.send(
+                json.dumps({"type": "push", "channel": "subscription", "subscriptionId": "sub-9", "data": 21})
+            )
             return True
         return False
 
@@ -409,8 +418,9 @@ async def test_login_refused_after_reconnect_stops_the_client(scripted, open_das
             await ws.close(1011, "crash")
             return True
         if n == 2 and frame["type"] == "auth.login":
-            await ws.send(json.dumps({"id": frame["id"], "type": "error", "code": "UNAUTHORIZED",
-                                      "message": "Token has expired"}))
+            await ws.send(
+                json.dumps({"id": frame["id"], "type": "error", "code": "UNAUTHORIZED", "message": "Token has expired"})
+            )
             return True
         return False
 

@@ -1,5 +1,6 @@
 """Repeated channels-redis errors are logged once per minute, not once per
 second (dashboard_project/logfilters.py)."""
+
 from __future__ import annotations
 
 import logging

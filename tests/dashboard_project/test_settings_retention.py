@@ -1,5 +1,6 @@
 """Retention settings read from the environment: durations, `forever`, and a
 clear start-up error for anything else."""
+
 from __future__ import annotations
 
 import pytest

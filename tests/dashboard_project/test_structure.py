@@ -1,6 +1,7 @@
 """Dependencies point one way: no module of the project imports another that
 imports it back, directly or around a circle (every import counts: at the
 top, inside functions, and under TYPE_CHECKING)."""
+
 from __future__ import annotations
 
 import ast
@@ -65,7 +66,7 @@ def test_no_import_circles():
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                circles.append(stack[stack.index(nxt):] + [nxt])
+                circles.append([*stack[stack.index(nxt) :], nxt])
             elif nxt not in state:
                 visit(nxt)
         stack.pop()

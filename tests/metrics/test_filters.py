@@ -1,6 +1,7 @@
 """Filters (docs/protocol.md, Filters): every operator through
 `selectors.record_where` and `selectors.record_count`, with the reference
 store's JavaScript semantics and our validation."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -310,7 +311,9 @@ def test_invalid_filter(rows, filter_spec, message):
         with pytest.raises(StoreError) as raised:
             read(filter_spec)
         assert (raised.value.code, raised.value.message, raised.value.details) == (
-            VALIDATION_ERROR, message, None,
+            VALIDATION_ERROR,
+            message,
+            None,
         )
 
 

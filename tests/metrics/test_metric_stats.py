@@ -1,4 +1,5 @@
 """The `metric-stats` reactive query and the selector behind it."""
+
 from __future__ import annotations
 
 import pytest
@@ -80,7 +81,9 @@ async def test_subscription_pushes_the_new_summary_after_each_change(connect):
 
     await admin.ok("store.insert", bucket="metrics", data=metric("cpu", 70))
     assert await viewer.push_for(sub) == {
-        "type": "push", "channel": "subscription", "subscriptionId": sub,
+        "type": "push",
+        "channel": "subscription",
+        "subscriptionId": sub,
         "data": [{"name": "cpu", "count": 2, "min": 50, "max": 70, "avg": 60, "last": 70, "unit": "%"}],
     }
     await admin.ok("store.insert", bucket="metrics", data=metric("disk", 0.5, "GB"))
@@ -109,10 +112,14 @@ async def test_latest_metrics_by_name_is_a_sliding_window(connect):
     assert await viewer.nothing()  # another name: the window is unchanged
     newest = await admin.ok("store.insert", bucket="metrics", data=metric("cpu", 4))
     assert await viewer.push() == {
-        "type": "push", "channel": "subscription", "subscriptionId": reply["subscriptionId"],
+        "type": "push",
+        "channel": "subscription",
+        "subscriptionId": reply["subscriptionId"],
         "data": [cpu[2], newest],
     }
     assert await viewer.request("store.subscribe", query="latest-metrics-by-name", params={"name": "cpu"}) == {
-        "id": 3, "type": "error", "code": "VALIDATION_ERROR",
+        "id": 3,
+        "type": "error",
+        "code": "VALIDATION_ERROR",
         "message": 'Missing or invalid "n": expected positive integer',
     }

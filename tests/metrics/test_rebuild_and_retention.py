@@ -3,6 +3,7 @@ the migration that fills them from readings already stored, `rebuild_aggregates`
 after a load that bypasses the model signals, and retention (`prune_metrics`,
 metrics.retention) in bounded batches, raw readings and tiers each on its own
 horizon. Synchronous tests; the same file runs on SQLite and PostgreSQL."""
+
 from __future__ import annotations
 
 import math
@@ -96,7 +97,7 @@ def batches():
 
 def sizes(before: int, counts: list[int]) -> list[int]:
     """Readings deleted by each published batch."""
-    return [a - b for a, b in zip([before, *counts], counts)]
+    return [a - b for a, b in zip([before, *counts], counts, strict=False)]
 
 
 # --- 1. the migration fills the derived tables ------------------------------------------
@@ -275,7 +276,8 @@ def test_rebuild_keeps_tier_buckets_older_than_the_raw_horizon_and_recomputes_th
     with connection.cursor() as cursor:
         cursor.execute(
             "UPDATE metrics_metricrollup SET count = 50, max = 77.0 WHERE name = 'cpu' AND resolution = %s "
-            "AND start = %s", [TEN_S, (math.floor(d[2]) // TEN_S) * TEN_S],
+            "AND start = %s",
+            [TEN_S, (math.floor(d[2]) // TEN_S) * TEN_S],
         )
 
     run("rebuild_aggregates")
@@ -352,11 +354,13 @@ def test_prune_raw_over_several_batches_leaves_the_figures_equal_to_a_recomputat
 def test_keep_per_name_over_several_batches_keeps_exactly_the_newest_n_by_timestamp_then_seq(batches):
     t = OLD
     # cpu, newest first by (timestamp, seq): c2, c7, c5 | c3 (same timestamp as c5, inserted before), c4, c1, c6
-    c1, c2, c3, c4, c5, c6, c7 = (create("cpu", float(i), t - age) for i, age in
-                                  enumerate([50, 10, 20, 30, 20, 60, 20], start=1))
+    c1, c2, c3, c4, c5, c6, c7 = (
+        create("cpu", float(i), t - age) for i, age in enumerate([50, 10, 20, 30, 20, 60, 20], start=1)
+    )
     m1, m2 = create("mem", 1.0, t - 5), create("mem", 2.0, t - 6)  # fewer than 3: both kept
-    d1, d2, d3, d4, d5 = (create("disk", float(i), ts) for i, ts in
-                          enumerate([t - 4, NOW, t - 1, t - 3, t - 2], start=1))
+    d1, d2, d3, d4, d5 = (
+        create("disk", float(i), ts) for i, ts in enumerate([t - 4, NOW, t - 1, t - 3, t - 2], start=1)
+    )
     batches.clear()
 
     assert retention.prune_raw(older_than_ms=7 * D, keep_per_name=3, now_ms=NOW, batch=2) == 6
@@ -389,7 +393,11 @@ def test_old_ranges_stay_chartable_from_the_tiers_after_raw_and_tier_pruning():
 
     # The whole history at 500 points: a day per point, from the 1 d tier.
     assert series_query(points=500, **{"from": B - 401 * D, "to": NOW}) == {
-        "name": "cpu", "unit": "%", "from": B - 401 * D, "to": NOW, "step": D,
+        "name": "cpu",
+        "unit": "%",
+        "from": B - 401 * D,
+        "to": NOW,
+        "step": D,
         "points": [
             {"t": B - 400 * D, "count": 3, "min": 1, "max": 6, "avg": 3},
             {"t": B - 10 * D, "count": 1, "min": 3, "max": 3, "avg": 3},
@@ -398,7 +406,11 @@ def test_old_ranges_stay_chartable_from_the_tiers_after_raw_and_tier_pruning():
     }
     # Two days around the reading pruned 10 days ago: hours, from the 1 h tier.
     assert series_query(points=50, **{"from": B - 11 * D, "to": B - 9 * D - 1}) == {
-        "name": "cpu", "unit": "%", "from": B - 11 * D, "to": B - 9 * D - 1, "step": H,
+        "name": "cpu",
+        "unit": "%",
+        "from": B - 11 * D,
+        "to": B - 9 * D - 1,
+        "step": H,
         "points": [{"t": B - 10 * D + H, "count": 1, "min": 3, "max": 3, "avg": 3}],
     }
 
@@ -407,7 +419,11 @@ def test_old_ranges_stay_chartable_from_the_tiers_after_raw_and_tier_pruning():
     # Two days 400 days ago at up to 2000 points would be a 2 min step; the
     # 1 min and 10 min tiers are pruned there, so the step is the 1 h tier's.
     assert series_query(points=2000, **{"from": B - 401 * D, "to": B - 399 * D - 1}) == {
-        "name": "cpu", "unit": "%", "from": B - 401 * D, "to": B - 399 * D - 1, "step": H,
+        "name": "cpu",
+        "unit": "%",
+        "from": B - 401 * D,
+        "to": B - 399 * D - 1,
+        "step": H,
         "points": [
             {"t": B - 400 * D + 3 * H, "count": 2, "min": 2, "max": 6, "avg": 4},
             {"t": B - 400 * D + 5 * H, "count": 1, "min": 1, "max": 1, "avg": 1},
@@ -434,7 +450,8 @@ def test_prune_tiers_deletes_buckets_past_each_tiers_retention_and_keeps_the_for
     batches.clear()
 
     deleted = retention.prune_tiers(
-        retention_ms={TEN_S: 7 * D, M: 90 * D, TEN_M: 365 * D, H: None, D: None}, now_ms=NOW, batch=1)
+        retention_ms={TEN_S: 7 * D, M: 90 * D, TEN_M: 365 * D, H: None, D: None}, now_ms=NOW, batch=1
+    )
 
     assert deleted == {TEN_S: 3, M: 2, TEN_M: 1}
     assert derived.stored_rollups() == {
@@ -461,19 +478,26 @@ def test_prune_tiers_deletes_buckets_past_each_tiers_retention_and_keeps_the_for
 
 @pytest.fixture
 def retention_settings(settings):
-    settings.DASHBOARD = {**settings.DASHBOARD, "RETENTION": {
-        "raw": 7 * 86400, "10s": 7 * 86400, "1m": 90 * 86400, "10m": 365 * 86400, "1h": None, "1d": None}}
+    settings.DASHBOARD = {
+        **settings.DASHBOARD,
+        "RETENTION": {"raw": 7 * 86400, "10s": 7 * 86400, "1m": 90 * 86400, "10m": 365 * 86400, "1h": None, "1d": None},
+    }
     return settings
 
 
 @pytest.mark.django_db
 def test_prune_metrics_command_prunes_raw_then_each_tier_and_says_what_it_did(retention_settings):
     now = time.time() * 1000  # the command reads the clock; every age is days from a boundary
-    readings = [("cpu", 1.0, now - 400 * D), ("cpu", 2.0, now - 100 * D), ("cpu", 3.0, now - 10 * D),
-                ("mem", 4.0, now - 8 * D), ("cpu", 5.0, now - H)]
+    readings = [
+        ("cpu", 1.0, now - 400 * D),
+        ("cpu", 2.0, now - 100 * D),
+        ("cpu", 3.0, now - 10 * D),
+        ("mem", 4.0, now - 8 * D),
+        ("cpu", 5.0, now - H),
+    ]
     for name, value, ts in readings:
         create(name, value, ts)
-    d400, d100, d10, mem8, recent = readings
+    _d400, d100, d10, mem8, recent = readings
 
     out = run("prune_metrics", "--keep-per-name", "1", "--batch-size", "2")
 
@@ -506,22 +530,33 @@ def test_prune_metrics_raw_only_leaves_the_tiers_and_forever_raw_deletes_nothing
     assert derived.stored_rollups() == tiers
     assert sorted(derived.horizons()) == [derived.RAW]
 
-    retention_settings.DASHBOARD = {**retention_settings.DASHBOARD,
-                                     "RETENTION": {**retention_settings.DASHBOARD["RETENTION"], "raw": None}}
+    retention_settings.DASHBOARD = {
+        **retention_settings.DASHBOARD,
+        "RETENTION": {**retention_settings.DASHBOARD["RETENTION"], "raw": None},
+    }
     assert run("prune_metrics", "--raw-only") == "raw metrics are kept for ever (DASHBOARD_RETENTION_RAW=forever)\n"
     assert list(Metric.objects.values_list("value", flat=True)) == [2.0]
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("args, message", [
-    (("--keep-per-name", "-1"), "--keep-per-name must not be negative"),
-    (("--batch-size", "0"), "--batch-size must be positive"),
-    (("--older-than", "7"), "Error: argument --older-than: invalid duration '7': expected a number and a unit "
-                            "(ms, s, m, h, d, w), e.g. 30s, 15m, 7d"),
-    (("--older-than=-1d",), "Error: argument --older-than: invalid duration '-1d': expected a number and a "
-                              "unit (ms, s, m, h, d, w), e.g. 30s, 15m, 7d"),
-    (("--batch-size", "many"), "Error: argument --batch-size: invalid int value: 'many'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--keep-per-name", "-1"), "--keep-per-name must not be negative"),
+        (("--batch-size", "0"), "--batch-size must be positive"),
+        (
+            ("--older-than", "7"),
+            "Error: argument --older-than: invalid duration '7': expected a number and a unit "
+            "(ms, s, m, h, d, w), e.g. 30s, 15m, 7d",
+        ),
+        (
+            ("--older-than=-1d",),
+            "Error: argument --older-than: invalid duration '-1d': expected a number and a "
+            "unit (ms, s, m, h, d, w), e.g. 30s, 15m, 7d",
+        ),
+        (("--batch-size", "many"), "Error: argument --batch-size: invalid int value: 'many'"),
+    ],
+)
 def test_prune_metrics_refuses_bad_options_before_deleting_anything(retention_settings, args, message):
     create("cpu", 1.0, time.time() * 1000 - 30 * D)
     tiers = derived.stored_rollups()

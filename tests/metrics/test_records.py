@@ -1,5 +1,6 @@
 """The read cache of committed records (metrics/records.py): what it serves
 is what the database holds, and only committed rows enter it."""
+
 from __future__ import annotations
 
 import pytest
@@ -27,12 +28,15 @@ def from_database(seq: int) -> records.Record:
     return records.fetch_by_seq(METRICS, [seq])[seq]
 
 
-@pytest.mark.parametrize("data", [
-    row(value=5, unit=""),
-    row(value=-0.1, timestamp=1_706_745_600_123.5),
-    row(name="température ✓ 𝄞", value=1e300, unit="°C"),
-    row(value=2**60, timestamp=0),
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        row(value=5, unit=""),
+        row(value=-0.1, timestamp=1_706_745_600_123.5),
+        row(name="température ✓ 𝄞", value=1e300, unit="°C"),
+        row(value=2**60, timestamp=0),
+    ],
+)
 def test_an_insert_is_cached_on_commit_exactly_as_it_reads_back(data):
     record = services.record_insert(bucket=METRICS, data=data)
     seq = Metric.objects.get(key=record["id"]).seq
@@ -58,15 +62,14 @@ def test_reactive_reads_after_a_write_take_the_new_record_from_the_cache(django_
         assert selectors.record_all(bucket=METRICS) == expected
     newest = services.record_insert(bucket=METRICS, data=row(value=3))
     with django_assert_num_queries(1):
-        assert selectors.record_all(bucket=METRICS) == expected + [newest]
+        assert selectors.record_all(bucket=METRICS) == [*expected, newest]
 
 
 def test_a_rolled_back_transaction_caches_nothing():
     records.clear_cache()
-    with pytest.raises(RuntimeError):
-        with transaction.atomic():
-            services.record_insert(bucket=METRICS, data=row())
-            raise RuntimeError("abort")
+    with pytest.raises(RuntimeError), transaction.atomic():
+        services.record_insert(bucket=METRICS, data=row())
+        raise RuntimeError("abort")
     assert records._cache == {} and Metric.objects.count() == 0
 
 
@@ -76,10 +79,9 @@ def test_rows_saved_inside_a_savepoint_are_not_cached_even_when_it_is_kept():
     records.clear_cache()
     with transaction.atomic():
         kept = services.record_insert(bucket=METRICS, data=row(name="kept"))
-        with pytest.raises(IntegrityError):
-            with transaction.atomic():
-                services.record_insert(bucket=METRICS, data=row(name="dropped"))
-                raise IntegrityError("roll back this savepoint only")
+        with pytest.raises(IntegrityError), transaction.atomic():
+            services.record_insert(bucket=METRICS, data=row(name="dropped"))
+            raise IntegrityError("roll back this savepoint only")
     assert records._cache == {}
     assert [r["name"] for r in selectors.record_all(bucket=METRICS)] == ["kept"]
     assert selectors.record_all(bucket=METRICS) == [kept]
@@ -90,10 +92,12 @@ def test_a_failed_insert_in_a_transaction_caches_nothing_it_wrote():
     first = services.record_insert(bucket=METRICS, data=row(id="k1"))
     records.clear_cache()
     with pytest.raises(services.OperationFailed) as failure:
-        services.transaction_run(operations=[
-            services.Operation(op="insert", bucket=METRICS, args={"data": row(id="k2")}),
-            services.Operation(op="insert", bucket=METRICS, args={"data": row(id="k1")}),  # CONFLICT
-        ])
+        services.transaction_run(
+            operations=[
+                services.Operation(op="insert", bucket=METRICS, args={"data": row(id="k2")}),
+                services.Operation(op="insert", bucket=METRICS, args={"data": row(id="k1")}),  # CONFLICT
+            ]
+        )
     assert (failure.value.index, failure.value.code) == (1, CONFLICT)
     assert records._cache == {}
     assert selectors.record_all(bucket=METRICS) == [first]
@@ -101,10 +105,14 @@ def test_a_failed_insert_in_a_transaction_caches_nothing_it_wrote():
 
 
 def test_reading_by_seq_gives_what_the_orm_gives_in_chunks_of_bound_parameters():
-    services.transaction_run(operations=[
-        services.Operation(op="insert", bucket=METRICS, args={"data": row(name=f"n{i % 7} é", value=i / 3, unit="u" * (i % 5))})
-        for i in range(950)
-    ])
+    services.transaction_run(
+        operations=[
+            services.Operation(
+                op="insert", bucket=METRICS, args={"data": row(name=f"n{i % 7} é", value=i / 3, unit="u" * (i % 5))}
+            )
+            for i in range(950)
+        ]
+    )
     instances = list(Metric.objects.all())
     fetched = records.fetch_by_seq(METRICS, [m.seq for m in reversed(instances)] + [10**12])
     assert fetched == {m.seq: records.from_instance(METRICS, m) for m in instances}

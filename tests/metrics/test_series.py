@@ -1,5 +1,6 @@
 """The `metric-series` reactive query over the protocol: results, pushes,
 sliding windows, and every validation error."""
+
 from __future__ import annotations
 
 import time
@@ -23,11 +24,16 @@ async def test_fixed_range_result_and_push_of_a_late_reading(connect):
     for value, offset in [(1, 0), (3, 500), (5, 61_000), (7, 125_000)]:
         await admin.ok("store.insert", bucket="metrics", data=metric("cpu", value, "%", T0 + offset))
     await admin.ok("store.insert", bucket="metrics", data=metric("mem", 9, "B", T0 + 1000))
-    reply = await viewer.ok("store.subscribe", query="metric-series",
-                            params=series_params(**{"from": T0, "to": T0 + 179_999, "points": 3}))
+    reply = await viewer.ok(
+        "store.subscribe", query="metric-series", params=series_params(**{"from": T0, "to": T0 + 179_999, "points": 3})
+    )
     sub = reply["subscriptionId"]
     assert reply["data"] == {
-        "name": "cpu", "unit": "%", "from": T0, "to": T0 + 179_999, "step": 60_000,
+        "name": "cpu",
+        "unit": "%",
+        "from": T0,
+        "to": T0 + 179_999,
+        "step": 60_000,
         "points": [
             {"t": T0, "count": 2, "min": 1, "max": 3, "avg": 2},
             {"t": T0 + 60_000, "count": 1, "min": 5, "max": 5, "avg": 5},
@@ -41,9 +47,15 @@ async def test_fixed_range_result_and_push_of_a_late_reading(connect):
     # A reading that arrives late, out of order, lands in its own bucket.
     await admin.ok("store.insert", bucket="metrics", data=metric("cpu", -1, "%", T0 + 70_000))
     assert await viewer.push_for(sub) == {
-        "type": "push", "channel": "subscription", "subscriptionId": sub,
+        "type": "push",
+        "channel": "subscription",
+        "subscriptionId": sub,
         "data": {
-            "name": "cpu", "unit": "%", "from": T0, "to": T0 + 179_999, "step": 60_000,
+            "name": "cpu",
+            "unit": "%",
+            "from": T0,
+            "to": T0 + 179_999,
+            "step": 60_000,
             "points": [
                 {"t": T0, "count": 2, "min": 1, "max": 3, "avg": 2},
                 {"t": T0 + 60_000, "count": 2, "min": -1, "max": 5, "avg": 2},
@@ -60,8 +72,10 @@ async def test_gaps_are_left_out_and_a_transaction_pushes_once(connect):
     sub = (await viewer.ok("store.subscribe", query="metric-series", params=params))["subscriptionId"]
     count_sub = (await viewer.ok("store.subscribe", query="metric-count"))["subscriptionId"]
     # Two bursts with an outage between: minutes 0-1 and 50.
-    operations = [{"op": "insert", "bucket": "metrics", "data": metric("cpu", v, "%", T0 + at)}
-                  for v, at in [(10, 0), (20, 30_000), (30, 60_000), (40, 3_000_000), (50, 3_010_000), (60, 3_020_000)]]
+    operations = [
+        {"op": "insert", "bucket": "metrics", "data": metric("cpu", v, "%", T0 + at)}
+        for v, at in [(10, 0), (20, 30_000), (30, 60_000), (40, 3_000_000), (50, 3_010_000), (60, 3_020_000)]
+    ]
     await admin.ok("store.transaction", operations=operations)
     push = await viewer.push_for(sub)
     assert push["data"]["step"] == 60_000
@@ -82,8 +96,13 @@ async def test_range_edges_are_exact_at_a_coarse_step(connect):
     day = 86_400_000
     for at in (-1, 0, 3_599_999, day, 2 * day - 1, 2 * day, 2 * day + 1):
         await admin.ok("store.insert", bucket="metrics", data=metric("cpu", at, "%", T0 + at))
-    data = (await viewer.ok("store.subscribe", query="metric-series",
-                            params=series_params(**{"from": T0, "to": T0 + 2 * day, "points": 2})))["data"]
+    data = (
+        await viewer.ok(
+            "store.subscribe",
+            query="metric-series",
+            params=series_params(**{"from": T0, "to": T0 + 2 * day, "points": 2}),
+        )
+    )["data"]
     assert data["step"] == 2 * day
     assert data["points"] == [
         {"t": T0, "count": 4, "min": 0, "max": 2 * day - 1, "avg": (0 + 3_599_999 + day + 2 * day - 1) / 4},
@@ -109,8 +128,7 @@ async def test_sliding_window_moves_with_time_without_writes(connect):
 async def test_sliding_window_pushes_a_reading_that_lands_in_it(connect):
     admin = await connect("admin-token")
     viewer = await connect("viewer-token")
-    reply = await viewer.ok("store.subscribe", query="metric-series",
-                            params=series_params(last=3_600_000, points=360))
+    reply = await viewer.ok("store.subscribe", query="metric-series", params=series_params(last=3_600_000, points=360))
     assert reply["data"]["step"] == 10_000 and reply["data"]["points"] == []
     now = int(time.time() * 1000)
     await admin.ok("store.insert", bucket="metrics", data=metric("cpu", 7, "%", now))
@@ -120,8 +138,11 @@ async def test_sliding_window_pushes_a_reading_that_lands_in_it(connect):
 
 async def test_a_name_with_no_readings_is_an_empty_series(connect):
     viewer = await connect("viewer-token")
-    data = (await viewer.ok("store.subscribe", query="metric-series",
-                            params={"name": "nothing", "points": 10, "from": 0, "to": 1000}))["data"]
+    data = (
+        await viewer.ok(
+            "store.subscribe", query="metric-series", params={"name": "nothing", "points": 10, "from": 0, "to": 1000}
+        )
+    )["data"]
     assert data == {"name": "nothing", "unit": "", "from": 0, "to": 1000, "step": 1000, "points": []}
 
 
@@ -137,25 +158,40 @@ async def test_a_name_with_no_readings_is_an_empty_series(connect):
         ({"name": "cpu", "points": True, "last": 1000}, 'Missing or invalid "points": expected integer from 1 to 2000'),
         ({"name": "cpu", "points": "10", "last": 1000}, 'Missing or invalid "points": expected integer from 1 to 2000'),
         ({"name": "cpu", "points": 10}, 'metric-series needs either "from" and "to", or "last"'),
-        ({"name": "cpu", "points": 10, "from": 0, "to": 1, "last": 5},
-         'metric-series needs either "from" and "to", or "last"'),
-        ({"name": "cpu", "points": 10, "from": 0},
-         'Missing or invalid "to": expected finite number (ms since epoch) up to 8640000000000000'),
-        ({"name": "cpu", "points": 10, "from": "0", "to": 5},
-         'Missing or invalid "from": expected finite number (ms since epoch) up to 8640000000000000'),
-        ({"name": "cpu", "points": 10, "from": 0, "to": 9e15},
-         'Missing or invalid "to": expected finite number (ms since epoch) up to 8640000000000000'),
+        (
+            {"name": "cpu", "points": 10, "from": 0, "to": 1, "last": 5},
+            'metric-series needs either "from" and "to", or "last"',
+        ),
+        (
+            {"name": "cpu", "points": 10, "from": 0},
+            'Missing or invalid "to": expected finite number (ms since epoch) up to 8640000000000000',
+        ),
+        (
+            {"name": "cpu", "points": 10, "from": "0", "to": 5},
+            'Missing or invalid "from": expected finite number (ms since epoch) up to 8640000000000000',
+        ),
+        (
+            {"name": "cpu", "points": 10, "from": 0, "to": 9e15},
+            'Missing or invalid "to": expected finite number (ms since epoch) up to 8640000000000000',
+        ),
         ({"name": "cpu", "points": 10, "from": 5, "to": 4}, 'Invalid "to": must not be before "from"'),
-        ({"name": "cpu", "points": 10, "last": 0},
-         'Missing or invalid "last": expected positive number of ms up to 8640000000000000'),
-        ({"name": "cpu", "points": 10, "last": -5},
-         'Missing or invalid "last": expected positive number of ms up to 8640000000000000'),
+        (
+            {"name": "cpu", "points": 10, "last": 0},
+            'Missing or invalid "last": expected positive number of ms up to 8640000000000000',
+        ),
+        (
+            {"name": "cpu", "points": 10, "last": -5},
+            'Missing or invalid "last": expected positive number of ms up to 8640000000000000',
+        ),
     ],
 )
 async def test_invalid_params_are_validation_errors_and_the_connection_stays_usable(connect, params, message):
     viewer = await connect("viewer-token")
     assert await viewer.request("store.subscribe", query="metric-series", params=params) == {
-        "id": 2, "type": "error", "code": "VALIDATION_ERROR", "message": message,
+        "id": 2,
+        "type": "error",
+        "code": "VALIDATION_ERROR",
+        "message": message,
     }
     assert (await viewer.ok("auth.whoami"))["authenticated"] is True
 
@@ -166,15 +202,21 @@ async def test_invalid_params_are_validation_errors_and_the_connection_stays_usa
         ("all-metrics", {"junk": 1}, 'Unknown param "junk" for query "all-metrics" (known: none)'),
         ("metric-count", {"n": 1}, 'Unknown param "n" for query "metric-count" (known: none)'),
         ("latest-metrics", {"n": 5, "name": "cpu"}, 'Unknown param "name" for query "latest-metrics" (known: n)'),
-        ("metric-series", {"name": "cpu", "points": 5, "last": 1000, "step": 5},
-         'Unknown param "step" for query "metric-series" (known: from, last, name, points, to)'),
+        (
+            "metric-series",
+            {"name": "cpu", "points": 5, "last": 1000, "step": 5},
+            'Unknown param "step" for query "metric-series" (known: from, last, name, points, to)',
+        ),
     ],
 )
 async def test_unknown_params_keys_are_validation_errors(connect, query, params, message):
     viewer = await connect("viewer-token")
     reply = await viewer.request("store.subscribe", query=query, params=params)
     assert reply == {
-        "id": 2, "type": "error", "code": "VALIDATION_ERROR", "message": message,
+        "id": 2,
+        "type": "error",
+        "code": "VALIDATION_ERROR",
+        "message": message,
         "details": [{"field": message.split('"')[1], "message": "Unknown param", "code": "unknown"}],
     }
     assert (await viewer.ok("store.stats"))["queries"]["activeSubscriptions"] == 0

@@ -1,5 +1,6 @@
 """Store services: transactions are all or nothing, and each committed
 transaction is reported once, after commit, through `records_changed`."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -57,7 +58,10 @@ def test_transaction_failing_operation_rolls_back_earlier_writes():
         )
     error = raised.value
     assert (error.code, error.message, error.details, error.index) == (
-        NOT_FOUND, 'Record with key "missing" not found in bucket "metrics"', None, 4,
+        NOT_FOUND,
+        'Record with key "missing" not found in bucket "metrics"',
+        None,
+        4,
     )
     assert selectors.record_all(bucket=METRICS) == [kept]
     assert selectors.record_all(bucket=ALERTS) == []
@@ -69,15 +73,15 @@ def test_transaction_conflict_and_validation_roll_back():
     with pytest.raises(StoreError) as raised:
         services.transaction_run(operations=[op("insert", data=row("a", id="a")), op("insert", data=row("b", id="k"))])
     assert (raised.value.code, raised.value.details, raised.value.index) == (
-        CONFLICT, {"bucket": "metrics", "key": "k"}, 1,
+        CONFLICT,
+        {"bucket": "metrics", "key": "k"},
+        1,
     )
     with pytest.raises(StoreError) as raised:
         services.transaction_run(operations=[op("insert", data=row("a", id="a")), op("insert", data={"name": "b"})])
     assert (raised.value.code, raised.value.index) == (VALIDATION_ERROR, 1)
     with pytest.raises(StoreError) as raised:
-        services.transaction_run(
-            operations=[op("insert", data=row("a", id="a")), op("where", filter={"bogus": 1})]
-        )
+        services.transaction_run(operations=[op("insert", data=row("a", id="a")), op("where", filter={"bogus": 1})])
     assert (raised.value.code, raised.value.index) == (VALIDATION_ERROR, 1)
     assert selectors.record_all(bucket=METRICS) == [kept]
     # The database is still usable after the failed transactions.
@@ -116,7 +120,11 @@ def test_transaction_success_returns_results_in_order():
 @pytest.mark.django_db(transaction=True)
 def test_one_signal_per_transaction(published):
     result = services.transaction_run(
-        operations=[op("insert", data=row("c", id="c")), op("insert", data=row("a", id="a")), op("insert", data=row("b"))]
+        operations=[
+            op("insert", data=row("c", id="c")),
+            op("insert", data=row("a", id="a")),
+            op("insert", data=row("b")),
+        ]
     )
     generated = result["results"][2]["data"]["id"]
     assert published == [{"metrics": sorted(["a", "c", generated])}]
@@ -163,7 +171,11 @@ def test_rolled_back_transaction_publishes_nothing(published):
     published.clear()
     with pytest.raises(StoreError):
         services.transaction_run(
-            operations=[op("insert", data=row("a", id="a")), op("update", key="k", data={"value": 9}), op("insert", data={})]
+            operations=[
+                op("insert", data=row("a", id="a")),
+                op("update", key="k", data={"value": 9}),
+                op("insert", data={}),
+            ]
         )
     with pytest.raises(StoreError):
         services.record_insert(bucket=METRICS, data=row("dup", id="k"))
@@ -213,10 +225,9 @@ def test_savepoint_rolled_back_before_any_other_write_publishes_once(published):
         pass
 
     with transaction.atomic():
-        with pytest.raises(Abort):
-            with transaction.atomic():
-                services.record_insert(bucket=METRICS, data=row("x", id="x"))
-                raise Abort
+        with pytest.raises(Abort), transaction.atomic():
+            services.record_insert(bucket=METRICS, data=row("x", id="x"))
+            raise Abort
         services.record_insert(bucket=METRICS, data=row("y", id="y"))
     assert published == [{"metrics": ["y"]}]
     assert [r["id"] for r in selectors.record_all(bucket=METRICS)] == ["y"]
@@ -229,10 +240,9 @@ def test_savepoint_rolled_back_between_writes_publishes_once(published):
 
     with transaction.atomic():
         services.record_insert(bucket=METRICS, data=row("a", id="a"))
-        with pytest.raises(Abort):
-            with transaction.atomic():
-                services.record_insert(bucket=METRICS, data=row("x", id="x"))
-                raise Abort
+        with pytest.raises(Abort), transaction.atomic():
+            services.record_insert(bucket=METRICS, data=row("x", id="x"))
+            raise Abort
         services.record_insert(bucket=METRICS, data=row("c", id="c"))
     assert len(published) == 1
     # The rolled-back key may be listed too: receivers re-evaluate, so
@@ -246,11 +256,10 @@ def test_whole_transaction_rolled_back_publishes_nothing(published):
     class Abort(Exception):
         pass
 
-    with pytest.raises(Abort):
-        with transaction.atomic():
-            services.record_insert(bucket=METRICS, data=row("a", id="a"))
-            services.bucket_clear(bucket=ALERTS)
-            raise Abort
+    with pytest.raises(Abort), transaction.atomic():
+        services.record_insert(bucket=METRICS, data=row("a", id="a"))
+        services.bucket_clear(bucket=ALERTS)
+        raise Abort
     assert published == []
     # A later transaction starts a fresh change set.
     with transaction.atomic():
@@ -272,9 +281,7 @@ def test_writes_outside_the_services_are_published(published):
 @pytest.mark.django_db
 def test_published_on_commit_with_captured_callbacks(published, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
-        services.transaction_run(
-            operations=[op("insert", data=row("a", id="a")), op("insert", data=row("b", id="b"))]
-        )
+        services.transaction_run(operations=[op("insert", data=row("a", id="a")), op("insert", data=row("b", id="b"))])
         assert published == []
     assert len(callbacks) == 1
     assert published == [{"metrics": ["a", "b"]}]

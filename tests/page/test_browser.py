@@ -9,9 +9,11 @@ Needs /usr/bin/chromium (`.ci/run` installs it) and Playwright's Python
 package (its driver only: the browser is Debian's). Without them the tests
 skip, except under CI=true, where they fail.
 """
+
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import re
@@ -47,8 +49,11 @@ def server(tmp_path_factory):
         import playwright.async_api  # noqa: F401
     except ImportError:
         unavailable("playwright is not installed: pip install -r requirements-dev.txt")
-    server = LiveServer(tmp_path_factory.mktemp("browser"), DASHBOARD_HEARTBEAT_SECONDS=str(HEARTBEAT_SECONDS),
-                        DASHBOARD_LOGIN_DEADLINE_SECONDS=str(LOGIN_DEADLINE_SECONDS))
+    server = LiveServer(
+        tmp_path_factory.mktemp("browser"),
+        DASHBOARD_HEARTBEAT_SECONDS=str(HEARTBEAT_SECONDS),
+        DASHBOARD_LOGIN_DEADLINE_SECONDS=str(LOGIN_DEADLINE_SECONDS),
+    )
     server.prepare()
     server.start()
     yield server
@@ -86,8 +91,9 @@ async def open_page(server, browser):
     errors: list[str] = []
     contexts: list[Any] = []
 
-    async def open_(token: str | None = None, viewport: dict = WALL, wait_live: bool = True,
-                    bypass_csp: bool = False) -> Any:
+    async def open_(
+        token: str | None = None, viewport: dict = WALL, wait_live: bool = True, bypass_csp: bool = False
+    ) -> Any:
         context = await browser.new_context(viewport=viewport, locale="en-US", bypass_csp=bypass_csp)
         contexts.append(context)
         page = await context.new_page()
@@ -173,7 +179,7 @@ def buckets_of(timestamps: list[int], step: int) -> tuple[list[int], list[list[i
     """The step-aligned buckets that readings at `timestamps` fall in, and the
     gaps between them ([end of a bucket, start of the next one after it])."""
     starts = sorted({ts // step * step for ts in timestamps})
-    gaps = [[a + step, b] for a, b in zip(starts, starts[1:]) if b - a > step]
+    gaps = [[a + step, b] for a, b in itertools.pairwise(starts) if b - a > step]
     return starts, gaps
 
 
@@ -304,7 +310,8 @@ async def test_login_form_waits_quietly_after_the_servers_login_deadline(server,
     page = await open_page(wait_live=False)
     await expect(page.locator("#connection")).to_have_attribute("data-state", "open")
     await expect(page.locator("#connection")).to_have_attribute(
-        "data-state", "idle", timeout=(LOGIN_DEADLINE_SECONDS + 3) * 1000)
+        "data-state", "idle", timeout=(LOGIN_DEADLINE_SECONDS + 3) * 1000
+    )
     await expect(page.locator("#connection-text")).to_have_text("Waiting for a token")
     await expect(page.locator("#login")).to_be_visible()
     assert await page.locator("#login-error").text_content() == ""
@@ -406,7 +413,7 @@ async def test_reconnect_delays_back_off_exponentially_with_jitter(server, open_
     ceilings = [20, 40, 80, 160, 160, 160, 160]
     assert len(delays) == 7, delays
     # Each delay lies in [ceiling / 2, ceiling]: half fixed, half random.
-    assert all(c / 2 - 1 <= d <= c for d, c in zip(delays, ceilings)), delays
+    assert all(c / 2 - 1 <= d <= c for d, c in zip(delays, ceilings, strict=False)), delays
     assert len(set(delays[3:])) > 1, f"no jitter: {delays}"
 
 
@@ -453,7 +460,7 @@ async def test_ten_thousand_metrics_bounded_windows_and_incremental_updates(admi
     await wait_live_page(page)
     await page.wait_for_function(SHOWS_RANGE, arg=fixed)
     states = await page.evaluate(CHART_STATES)
-    assert {name: s["readings"] for name, s in states.items()} == {name: 2000 for name in names[:4]}
+    assert {name: s["readings"] for name, s in states.items()} == dict.fromkeys(names[:4], 2000)
     assert all(0 < s["points"] <= s["params"]["points"] for s in states.values()), states
 
     # The viewer picks n: the table follows.
@@ -646,7 +653,10 @@ async def test_bytes_are_scaled_and_the_readout_follows_the_pointer(admin, open_
     assert rows == [["net.rx", "3", "MiB/s"], ["disk.used", "1.5", "KiB"]]
     card = page.locator('#charts .chart-card[data-name="disk.used"]')
     assert await card.get_attribute("data-axis-label") == "value (KiB)"
-    assert await page.locator('#charts .chart-card[data-name="net.rx"]').get_attribute("data-axis-label") == "value (MiB/s)"
+    assert (
+        await page.locator('#charts .chart-card[data-name="net.rx"]').get_attribute("data-axis-label")
+        == "value (MiB/s)"
+    )
     # The lone reading is drawn as a point of its own.
     assert await card.get_attribute("data-marked") == "1"
 
@@ -660,7 +670,9 @@ async def test_bytes_are_scaled_and_the_readout_follows_the_pointer(admin, open_
     await expect(readout).to_have_attribute("data-hover", "true")
     iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(bucket / 1000)) + f".{bucket % 1000:03d}Z"
     assert await readout.locator("time").get_attribute("datetime") == iso
-    assert (await readout.locator(".readout-value").inner_text()).strip() == "avg 1.5 KiB (min 1.5 KiB, max 1.5 KiB) · 1 reading"
+    assert (
+        await readout.locator(".readout-value").inner_text()
+    ).strip() == "avg 1.5 KiB (min 1.5 KiB, max 1.5 KiB) · 1 reading"
     assert await readout.locator("time").inner_text() != ""
     # Away from the chart it shows the newest bucket again.
     await page.mouse.move(1, 1)
@@ -721,7 +733,7 @@ async def test_time_labels_fit_without_overlapping_at_5_minutes_and_7_days(admin
         assert len(set(texts)) == len(texts), (preset, ticks)
         # Inside the canvas, left to right, at least a few pixels apart.
         assert all(0 <= t["left"] < t["right"] <= width for t in ticks), (preset, width, ticks)
-        assert all(a["right"] + 4 <= b["left"] for a, b in zip(ticks, ticks[1:])), (preset, ticks)
+        assert all(a["right"] + 4 <= b["left"] for a, b in itertools.pairwise(ticks)), (preset, ticks)
 
 
 CONTRAST = """() => {
@@ -754,7 +766,11 @@ async def test_accessible_basics_at_wall_screen_and_phone_sizes(admin, open_page
 
     await admin.insert_metrics([metric(n, 50 + i, "ms") for i, n in enumerate(["latency_p95", "cpu", "requests"])])
     for severity in ("low", "medium", "high"):
-        await admin.ok("store.insert", bucket="alerts", data={"metric": "cpu", "threshold": 1, "severity": severity, "timestamp": 1})
+        await admin.ok(
+            "store.insert",
+            bucket="alerts",
+            data={"metric": "cpu", "threshold": 1, "severity": severity, "timestamp": 1},
+        )
     page = await open_page("admin-token", viewport=viewport)
     await expect(page.locator("#alerts li")).to_have_count(3)
     await expect(page.locator("#charts .chart-card[data-points]")).to_have_count(3)

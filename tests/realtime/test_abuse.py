@@ -19,6 +19,7 @@ its own server with a 1 s heartbeat (the interval bounds how soon a revocation e
 session). Attack 6 runs on PostgreSQL too. Attack 8 (close codes under daphne) is
 covered by test_close_codes.py. Every wait and every request loop is bounded.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -139,16 +140,24 @@ def report():
     lines = ["", f"{'attack':<44} {'push ms before/during(max)/after':>34} {'RSS MiB start/peak/end':>26}"]
     for row in REPORT:
         latency, rss = row["victim_push_ms"], row["rss_mib"]
-        lines.append(f"{row['attack']:<44} {latency['before']:>8.1f} / {latency['during']:>6.1f} "
-                     f"({latency['during_max']:>6.1f}) / {latency['after']:>6.1f} "
-                     f"{rss['start']:>8.0f} / {rss['peak']:>5.0f} / {rss['end']:>5.0f}")
+        lines.append(
+            f"{row['attack']:<44} {latency['before']:>8.1f} / {latency['during']:>6.1f} "
+            f"({latency['during_max']:>6.1f}) / {latency['after']:>6.1f} "
+            f"{rss['start']:>8.0f} / {rss['peak']:>5.0f} / {rss['end']:>5.0f}"
+        )
     print("\n".join(lines))
     path = os.environ.get("ABUSE_REPORT")
     if path:
-        Path(path).write_text(json.dumps({
-            "machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg()},
-            "attacks": REPORT,
-        }, indent=2) + "\n")
+        Path(path).write_text(
+            json.dumps(
+                {
+                    "machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg()},
+                    "attacks": REPORT,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
 
 
 # --- a protocol client with a reader task ------------------------------------------------
@@ -172,10 +181,12 @@ class Peer:
         self.reader = asyncio.create_task(self._read())
 
     @classmethod
-    async def open(cls, url: str, name: str, token: str | None = None, keep_pushes: bool = True,
-                   **options: Any) -> Peer:
-        ws = await connect(url, max_size=None, ping_interval=None, open_timeout=TIMEOUT, close_timeout=2,
-                           compression=None, **options)
+    async def open(
+        cls, url: str, name: str, token: str | None = None, keep_pushes: bool = True, **options: Any
+    ) -> Peer:
+        ws = await connect(
+            url, max_size=None, ping_interval=None, open_timeout=TIMEOUT, close_timeout=2, compression=None, **options
+        )
         welcome = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
         assert welcome["type"] == "welcome", welcome
         peer = cls(ws, name, keep_pushes)
@@ -288,8 +299,15 @@ class Measured:
 Attack = Callable[[asyncio.Event, asyncio.Event], Awaitable[dict[str, Any]]]
 
 
-async def under_attack(name: str, server: Server, admin: Peer, victim: Victim, attack: Attack,
-                       during: tuple[int, int] = DURING_INSERTS, memory_bound: float | None = None) -> dict[str, Any]:
+async def under_attack(
+    name: str,
+    server: Server,
+    admin: Peer,
+    victim: Victim,
+    attack: Attack,
+    during: tuple[int, int] = DURING_INSERTS,
+    memory_bound: float | None = None,
+) -> dict[str, Any]:
     """Runs `attack(ready, stop)` while the admin inserts and the victim is measured.
 
     The attack sets `ready` once it is under way; the admin then inserts at least
@@ -332,13 +350,20 @@ async def under_attack(name: str, server: Server, admin: Peer, victim: Victim, a
 
     row = {
         "attack": name,
-        "victim_push_ms": {"before": before.median(), "during": measured.median(),
-                           "during_max": max(measured.push_ms), "after": after.median(),
-                           # (seconds since the attack started, push ms) for each insert
-                           "during_samples": [(round(at, 2), round(ms, 1))
-                                              for at, ms in zip(measured.offsets, measured.push_ms, strict=True)]},
-        "admin_reply_ms": {"before": statistics.median(before.reply_ms),
-                           "during": statistics.median(measured.reply_ms)},
+        "victim_push_ms": {
+            "before": before.median(),
+            "during": measured.median(),
+            "during_max": max(measured.push_ms),
+            "after": after.median(),
+            # (seconds since the attack started, push ms) for each insert
+            "during_samples": [
+                (round(at, 2), round(ms, 1)) for at, ms in zip(measured.offsets, measured.push_ms, strict=True)
+            ],
+        },
+        "admin_reply_ms": {
+            "before": statistics.median(before.reply_ms),
+            "during": statistics.median(measured.reply_ms),
+        },
         "rss_mib": {"start": rss_start, "peak": rss_peak, "end": rss_end},
         "rss_growth_mib": rss_peak - rss_start,
         "attack_seconds": attack_seconds,
@@ -347,11 +372,13 @@ async def under_attack(name: str, server: Server, admin: Peer, victim: Victim, a
         "result": {k: v for k, v in result.items() if not k.startswith("_")},
     }
     REPORT.append(row)
-    print(f"\n{name}: victim push ms before {row['victim_push_ms']['before']:.1f}, during "
-          f"{row['victim_push_ms']['during']:.1f} (max {row['victim_push_ms']['during_max']:.1f}, "
-          f"{len(measured.push_ms)} inserts), after {row['victim_push_ms']['after']:.1f}; RSS MiB "
-          f"{rss_start:.0f} -> peak {rss_peak:.0f} -> {rss_end:.0f}; server CPU {cpu_attack:.1f} s; "
-          f"{row['result']}")
+    print(
+        f"\n{name}: victim push ms before {row['victim_push_ms']['before']:.1f}, during "
+        f"{row['victim_push_ms']['during']:.1f} (max {row['victim_push_ms']['during_max']:.1f}, "
+        f"{len(measured.push_ms)} inserts), after {row['victim_push_ms']['after']:.1f}; RSS MiB "
+        f"{rss_start:.0f} -> peak {rss_peak:.0f} -> {rss_end:.0f}; server CPU {cpu_attack:.1f} s; "
+        f"{row['result']}"
+    )
     if memory_bound is not None:
         assert rss_peak - rss_start < memory_bound, f"{name}: RSS grew {rss_peak - rss_start:.0f} MiB"
     return result
@@ -362,8 +389,9 @@ async def under_attack(name: str, server: Server, admin: Peer, victim: Victim, a
 
 def victim_token(env: dict[str, str]) -> str:
     """A viewer token of its own for the victim (`manage.py create_token`)."""
-    created = manage(env, "create_token", "--user", "victim", "--role", "viewer", "--create-user",
-                     timeout=COMMAND_TIMEOUT)
+    created = manage(
+        env, "create_token", "--user", "victim", "--role", "viewer", "--create-user", timeout=COMMAND_TIMEOUT
+    )
     return created.stdout.strip()
 
 
@@ -378,8 +406,10 @@ def sqlite_server(workdir: Path, **extra_env: str) -> tuple[LiveServer, str]:
 async def store_metrics(url: str, count: int) -> None:
     admin = await Peer.open(url, "seed", "admin-token")
     for start in range(0, count, 1000):
-        operations = [{"op": "insert", "bucket": "metrics", "data": reading(i, f"m{i % 20}")}
-                      for i in range(start, min(count, start + 1000))]
+        operations = [
+            {"op": "insert", "bucket": "metrics", "data": reading(i, f"m{i % 20}")}
+            for i in range(start, min(count, start + 1000))
+        ]
         await admin.ok("store.transaction", operations=operations)
     await admin.close()
 
@@ -420,9 +450,13 @@ async def test_1_junk_params_are_refused(sides):
     server, admin, victim = sides
 
     def refusal(request_id: int, junk: str) -> dict:
-        return {"id": request_id, "type": "error", "code": "VALIDATION_ERROR",
-                "message": f'Unknown param "{junk}" for query "all-metrics" (known: none)',
-                "details": [{"field": junk, "message": "Unknown param", "code": "unknown"}]}
+        return {
+            "id": request_id,
+            "type": "error",
+            "code": "VALIDATION_ERROR",
+            "message": f'Unknown param "{junk}" for query "all-metrics" (known: none)',
+            "details": [{"field": junk, "message": "Unknown param", "code": "unknown"}],
+        }
 
     async def attack(ready: asyncio.Event, stop: asyncio.Event) -> dict[str, Any]:
         attackers = [await Peer.open(server.ws, f"attacker{i}", "viewer-token") for i in range(10)]
@@ -433,8 +467,9 @@ async def test_1_junk_params_are_refused(sides):
                 for i, attacker in enumerate(attackers):
                     for j in range(100):
                         junk = f"junk{round_}_{i}_{j}"
-                        futures.append((junk, await attacker.send("store.subscribe", query="all-metrics",
-                                                                  params={junk: j})))
+                        futures.append(
+                            (junk, await attacker.send("store.subscribe", query="all-metrics", params={junk: j}))
+                        )
                 ready.set()
                 for junk, future in futures:
                     reply = await asyncio.wait_for(future, TIMEOUT)
@@ -448,8 +483,9 @@ async def test_1_junk_params_are_refused(sides):
             await close_all(attackers)
         return {"requests": sent, "validation_errors": refused, "_stats": stats}
 
-    result = await under_attack("1a. 10x100 subscriptions, junk params", server, admin, victim, attack,
-                                memory_bound=MEMORY_BOUND_MIB)
+    result = await under_attack(
+        "1a. 10x100 subscriptions, junk params", server, admin, victim, attack, memory_bound=MEMORY_BOUND_MIB
+    )
     assert result["requests"] == result["validation_errors"] >= 1000
 
 
@@ -458,16 +494,21 @@ async def test_1_distinct_valid_params_stop_at_the_users_live_query_limit(sides)
     ~2,000 metrics: the user's first 32 distinct queries are live, the rest RATE_LIMITED."""
     server, admin, victim = sides
     limit = DEFAULTS["MAX_LIVE_QUERIES_PER_USER"]
-    refusal = {"type": "error", "code": "RATE_LIMITED",
-               "message": f"Live query limit reached (max {limit} distinct queries per user)"}
+    refusal = {
+        "type": "error",
+        "code": "RATE_LIMITED",
+        "message": f"Live query limit reached (max {limit} distinct queries per user)",
+    }
 
     async def attack(ready: asyncio.Event, stop: asyncio.Event) -> dict[str, Any]:
-        attackers = [await Peer.open(server.ws, f"attacker{i}", "viewer-token", keep_pushes=False)
-                     for i in range(5)]
+        attackers = [await Peer.open(server.ws, f"attacker{i}", "viewer-token", keep_pushes=False) for i in range(5)]
         try:
             stored = victim.count
-            futures = [(n, await attacker.send("store.subscribe", query="latest-metrics", params={"n": n}))
-                       for i, attacker in enumerate(attackers) for n in range(1000 + 100 * i, 1100 + 100 * i)]
+            futures = [
+                (n, await attacker.send("store.subscribe", query="latest-metrics", params={"n": n}))
+                for i, attacker in enumerate(attackers)
+                for n in range(1000 + 100 * i, 1100 + 100 * i)
+            ]
             live, limited = [], 0
             for n, future in futures:
                 reply = await asyncio.wait_for(future, PUSH_TIMEOUT)
@@ -487,8 +528,9 @@ async def test_1_distinct_valid_params_stop_at_the_users_live_query_limit(sides)
             await close_all(attackers)
         return {"subscribed": len(live), "rate_limited": limited, "attacker_pushes": pushes}
 
-    result = await under_attack("1b. 5x100 latest-metrics n=1000..1499", server, admin, victim, attack,
-                                memory_bound=MEMORY_BOUND_MIB)
+    result = await under_attack(
+        "1b. 5x100 latest-metrics n=1000..1499", server, admin, victim, attack, memory_bound=MEMORY_BOUND_MIB
+    )
     assert (result["subscribed"], result["rate_limited"]) == (limit, 500 - limit)
     assert result["attacker_pushes"] > 0
 
@@ -510,14 +552,20 @@ async def test_2_huge_in_filters_are_refused(sides):
     """store.count with 60 different 100,000-number $in filters (~0.9 MB frames): each
     a VALIDATION_ERROR, before anything is compiled or kept."""
     server, admin, victim = sides
-    too_large = {"type": "error", "code": "VALIDATION_ERROR",
-                 "message": f'Filter too large: "$in" lists at most {DEFAULTS["MAX_FILTER_IN_ITEMS"]} values'}
+    too_large = {
+        "type": "error",
+        "code": "VALIDATION_ERROR",
+        "message": f'Filter too large: "$in" lists at most {DEFAULTS["MAX_FILTER_IN_ITEMS"]} values',
+    }
 
     async def attack(ready: asyncio.Event, stop: asyncio.Event) -> dict[str, Any]:
         attackers = [await Peer.open(server.ws, f"attacker{i}", "viewer-token") for i in range(2)]
         refused = 0
-        frame_bytes = len(json.dumps({"id": 1, "type": "store.count", "bucket": "metrics",
-                                      "filter": in_filter(range(1_000_000, 1_100_000))}))
+        frame_bytes = len(
+            json.dumps(
+                {"id": 1, "type": "store.count", "bucket": "metrics", "filter": in_filter(range(1_000_000, 1_100_000))}
+            )
+        )
 
         async def huge(attacker: Peer, k: int) -> None:
             nonlocal refused
@@ -534,8 +582,9 @@ async def test_2_huge_in_filters_are_refused(sides):
             await close_all(attackers)
         return {"refused": refused, "frame_bytes": frame_bytes}
 
-    result = await under_attack("2a. 60 x 100,000-number $in", server, admin, victim, attack,
-                                memory_bound=MEMORY_BOUND_MIB)
+    result = await under_attack(
+        "2a. 60 x 100,000-number $in", server, admin, victim, attack, memory_bound=MEMORY_BOUND_MIB
+    )
     assert result["refused"] == 60
     assert 900_000 < result["frame_bytes"] < 1024 * 1024
 
@@ -561,8 +610,10 @@ async def test_2_allowed_filters_are_answered_and_the_kept_ones_are_bounded(side
         async def count(attacker: Peer, specs: list[dict]) -> None:
             nonlocal counted
             for start in range(0, len(specs), 50):
-                futures = [await attacker.send("store.count", bucket="metrics", filter=spec)
-                           for spec in specs[start:start + 50]]
+                futures = [
+                    await attacker.send("store.count", bucket="metrics", filter=spec)
+                    for spec in specs[start : start + 50]
+                ]
                 ready.set()
                 for future in futures:
                     reply = await asyncio.wait_for(future, PUSH_TIMEOUT)
@@ -575,8 +626,11 @@ async def test_2_allowed_filters_are_answered_and_the_kept_ones_are_bounded(side
             await close_all(attackers)
         return {"counted": counted, "filter_chars": max(len(json.dumps(spec)) for spec in specs)}
 
-    name = (f"2b. {KEPT_FILTERS:,} kept filters (<= 2,048 chars)" if kind == "kept"
-            else f"2c. {LARGEST_FILTERS:,} x 500-value $in (not kept)")
+    name = (
+        f"2b. {KEPT_FILTERS:,} kept filters (<= 2,048 chars)"
+        if kind == "kept"
+        else f"2c. {LARGEST_FILTERS:,} x 500-value $in (not kept)"
+    )
     result = await under_attack(name, server, admin, victim, attack, memory_bound=MEMORY_BOUND_MIB)
     assert result["counted"] == len(specs)
 
@@ -601,9 +655,13 @@ class RawSocket:
         raw = cls(sock)
         await asyncio.wait_for(raw.loop.sock_connect(sock, ("127.0.0.1", port)), TIMEOUT)
         key = base64.b64encode(os.urandom(16)).decode()
-        await raw.loop.sock_sendall(sock, (
-            f"GET /ws/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+        await raw.loop.sock_sendall(
+            sock,
+            (
+                f"GET /ws/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            ).encode(),
+        )
         head = await raw._until(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 101"), head
         return raw
@@ -672,6 +730,7 @@ async def test_3_readers_that_never_read_are_closed_by_the_users_budget(sides):
     async def attack(ready: asyncio.Event, stop: asyncio.Event) -> dict[str, Any]:
         stalled: list[RawSocket] = []
         try:
+
             async def stall() -> None:
                 raw = await RawSocket.open(server.port)
                 stalled.append(raw)
@@ -697,8 +756,15 @@ async def test_3_readers_that_never_read_are_closed_by_the_users_budget(sides):
         return {"closes": dict(collections.Counter(closes))}
 
     log_before = server.log_path.stat().st_size
-    result = await under_attack("3. 20 stalled readers x 100 all-metrics", server, admin, victim, attack,
-                                during=(20, 40), memory_bound=MEMORY_BOUND_MIB)
+    result = await under_attack(
+        "3. 20 stalled readers x 100 all-metrics",
+        server,
+        admin,
+        victim,
+        attack,
+        during=(20, 40),
+        memory_bound=MEMORY_BOUND_MIB,
+    )
     closes = result["closes"]
     assert set(closes) <= {"1008 slow_consumer", "still open"}, closes
     assert closes.get("1008 slow_consumer", 0) >= 18, closes
@@ -718,18 +784,24 @@ async def test_4_a_token_revoked_from_another_process_ends_its_sessions_within_a
     try:
         tokens = []
         for _ in range(2):
-            created = manage(server.env, "create_token", "--user", "mallory", "--role", "viewer",
-                             "--create-user", timeout=COMMAND_TIMEOUT)
+            created = manage(
+                server.env,
+                "create_token",
+                "--user",
+                "mallory",
+                "--role",
+                "viewer",
+                "--create-user",
+                timeout=COMMAND_TIMEOUT,
+            )
             pk = int(created.stderr.split("Token ", 1)[1].split()[0])
             tokens.append((pk, created.stdout.strip()))
         admin = await Peer.open(server.ws, "admin", "admin-token")
         victim = await Victim.open(server.ws, token)
         revocations = {
-            "manage.py shell: token_revoke()":
-                "from accounts.models import ApiToken; from accounts.services import token_revoke; "
-                f"token_revoke(token=ApiToken.objects.get(pk={tokens[0][0]}))",
-            "manage.py shell: QuerySet.update()":
-                f"from accounts.models import ApiToken; ApiToken.objects.filter(pk={tokens[1][0]}).update(revoked=True)",
+            "manage.py shell: token_revoke()": "from accounts.models import ApiToken; from accounts.services import token_revoke; "
+            f"token_revoke(token=ApiToken.objects.get(pk={tokens[0][0]}))",
+            "manage.py shell: QuerySet.update()": f"from accounts.models import ApiToken; ApiToken.objects.filter(pk={tokens[1][0]}).update(revoked=True)",
         }
 
         async def attack(ready: asyncio.Event, stop: asyncio.Event) -> dict[str, Any]:
@@ -745,18 +817,25 @@ async def test_4_a_token_revoked_from_another_process_ends_its_sessions_within_a
                 exited = time.perf_counter()
                 assert await asyncio.wait_for(mallory.closed, 5 * heartbeat + TIMEOUT) == (4002, "session_revoked")
                 closed = time.perf_counter()
-                ends[how] = {"command_seconds": round(exited - started, 2),
-                             "closed_seconds_after_exit": round(max(0.0, closed - exited), 2)}
+                ends[how] = {
+                    "command_seconds": round(exited - started, 2),
+                    "closed_seconds_after_exit": round(max(0.0, closed - exited), 2),
+                }
                 assert mallory.others == [{"type": "system", "event": "session_revoked", "reason": "token revoked"}]
                 # The token no longer logs in.
                 again = await Peer.open(server.ws, "mallory-again")
                 assert await again.request("auth.login", token=raw) == {
-                    "id": 1, "type": "error", "code": "UNAUTHORIZED", "message": "Invalid token"}
+                    "id": 1,
+                    "type": "error",
+                    "code": "UNAUTHORIZED",
+                    "message": "Invalid token",
+                }
                 await again.close()
             return {"heartbeat_seconds": heartbeat, "revocations": ends}
 
-        result = await under_attack("4. revocation without Redis (1 s heartbeat)", server, admin, victim,
-                                    attack, during=(5, 40))
+        result = await under_attack(
+            "4. revocation without Redis (1 s heartbeat)", server, admin, victim, attack, during=(5, 40)
+        )
         assert set(result["revocations"]) == set(revocations)
         assert not victim.peer.closed.done()
         await victim.peer.close()
@@ -780,7 +859,11 @@ async def test_5_deep_or_wide_filters_are_validation_errors_and_log_nothing(side
     INTERNAL_ERROR), and no traceback in the server's log."""
     server, admin, victim = sides
     deep = {"type": "error", "code": "VALIDATION_ERROR", "message": "Filter too deep: at most 12 levels of nesting"}
-    wide = {"type": "error", "code": "VALIDATION_ERROR", "message": "Filter too large: at most 1000 conditions and values"}
+    wide = {
+        "type": "error",
+        "code": "VALIDATION_ERROR",
+        "message": "Filter too large: at most 1000 conditions and values",
+    }
     cases = [(nested_and(330), deep), ({"$or": [{"value": i} for i in range(1000)]}, wide)]
 
     async def attack(ready: asyncio.Event, stop: asyncio.Event) -> dict[str, Any]:
@@ -790,8 +873,12 @@ async def test_5_deep_or_wide_filters_are_validation_errors_and_log_nothing(side
             ready.set()
             for _ in range(25):  # 200 requests
                 for spec, expected in cases:
-                    for operation, fields in [("store.where", {}), ("store.count", {}),
-                                              ("store.findOne", {}), ("store.sum", {"field": "value"})]:
+                    for operation, fields in [
+                        ("store.where", {}),
+                        ("store.count", {}),
+                        ("store.findOne", {}),
+                        ("store.sum", {"field": "value"}),
+                    ]:
                         reply = await attacker.request(operation, bucket="metrics", filter=spec, **fields)
                         assert reply == {"id": reply["id"], **expected}
                         requests += 1
@@ -848,8 +935,15 @@ async def test_6_nul_characters_are_validation_errors_on_every_database(any_data
         ("store.findOne", {"bucket": "metrics", "filter": {"unit": {"$contains": "\u0000"}}}),
         ("store.paginate", {"bucket": "metrics", "limit": 5, "after": nul}),
         ("store.subscribe", {"query": "metrics-by-name", "params": {"name": nul}}),
-        ("store.transaction", {"operations": [{"op": "insert", "bucket": "metrics", "data": reading(1)},
-                                              {"op": "insert", "bucket": "metrics", "data": reading(2, nul)}]}),
+        (
+            "store.transaction",
+            {
+                "operations": [
+                    {"op": "insert", "bucket": "metrics", "data": reading(1)},
+                    {"op": "insert", "bucket": "metrics", "data": reading(2, nul)},
+                ]
+            },
+        ),
     ]
 
     async def attack(ready: asyncio.Event, stop: asyncio.Event) -> dict[str, Any]:
@@ -858,8 +952,12 @@ async def test_6_nul_characters_are_validation_errors_on_every_database(any_data
         for _ in range(10):
             for operation, fields in requests:
                 reply = await admin.request(operation, **fields)
-                assert reply == {"id": reply["id"], "type": "error", "code": "VALIDATION_ERROR",
-                                 "message": UNSTORABLE_MESSAGE}, (operation, fields)
+                assert reply == {
+                    "id": reply["id"],
+                    "type": "error",
+                    "code": "VALIDATION_ERROR",
+                    "message": UNSTORABLE_MESSAGE,
+                }, (operation, fields)
                 refused += 1
         return {"validation_errors": refused}
 
@@ -903,8 +1001,11 @@ async def test_7_idle_unauthenticated_connections_are_capped_and_closed_by_the_l
             await again.close()
         finally:
             await close_all(idle)
-        return {"refused_with": list(refused_with), "idle_closes": sorted(set(closes)),
-                "idle_closed_within_seconds": round(closed_after, 2)}
+        return {
+            "refused_with": list(refused_with),
+            "idle_closes": sorted(set(closes)),
+            "idle_closed_within_seconds": round(closed_after, 2),
+        }
 
     result = await under_attack("7. 64 idle + 1 unauthenticated", server, admin, victim, attack)
     assert result["refused_with"] == [4003, "too_many_connections"]

@@ -1,5 +1,6 @@
 """Access over the protocol: stored tokens, revocation, per-bucket rules, the
 login rate limit, and the Django admin (tokens, and bucket edits that push)."""
+
 from __future__ import annotations
 
 import logging
@@ -19,8 +20,8 @@ from accounts.models import ApiToken
 from accounts.services import token_create, token_revoke
 from metrics.models import Alert, Metric
 from realtime import permissions
-from realtime.hub import get_hub
 from realtime.auth import Session
+from realtime.hub import get_hub
 from realtime.login_failures import WINDOW_SECONDS, FailureWindow, login_failures
 from tests.conftest import Client, metric
 
@@ -47,7 +48,9 @@ async def assert_revoked(client: Client, reason: str) -> None:
     """The session_revoked frame, then close 4002, and nothing in between."""
     assert await client.receive() == {"type": "system", "event": "session_revoked", "reason": reason}
     assert await client.communicator.receive_output(timeout=2) == {
-        "type": "websocket.close", "code": 4002, "reason": "session_revoked",
+        "type": "websocket.close",
+        "code": 4002,
+        "reason": "session_revoked",
     }
 
 
@@ -69,10 +72,15 @@ async def test_login_with_an_issued_token(connect):
     client = await connect()
     expires_ms = int(expires_at.timestamp() * 1000)
     assert await client.request("auth.login", token=raw) == {
-        "id": 1, "type": "result", "data": {"userId": "alice", "roles": ["admin"], "expiresAt": expires_ms},
+        "id": 1,
+        "type": "result",
+        "data": {"userId": "alice", "roles": ["admin"], "expiresAt": expires_ms},
     }
     assert await client.ok("auth.whoami") == {
-        "authenticated": True, "userId": "alice", "roles": ["admin"], "expiresAt": expires_ms,
+        "authenticated": True,
+        "userId": "alice",
+        "roles": ["admin"],
+        "expiresAt": expires_ms,
     }
     # What revocation matches on.
     [consumer] = list(get_hub().connections)
@@ -185,8 +193,13 @@ async def test_saving_the_admin_form_unchanged_ends_nothing(connect, admin_http)
     expires_at = token.expires_at
     response = await sync_to_async(admin_http.post)(
         f"/admin/accounts/apitoken/{token.pk}/change/",
-        {"role": "viewer", "label": "renamed", "expires_at_0": expires_at.strftime("%Y-%m-%d"),
-         "expires_at_1": expires_at.strftime("%H:%M:%S"), "_save": "Save"},
+        {
+            "role": "viewer",
+            "label": "renamed",
+            "expires_at_0": expires_at.strftime("%Y-%m-%d"),
+            "expires_at_1": expires_at.strftime("%H:%M:%S"),
+            "_save": "Save",
+        },
     )
     assert response.status_code == 302, response.content.decode()[:2000]
     assert (await db(ApiToken.objects.get)(pk=token.pk)).label == "renamed"
@@ -259,7 +272,10 @@ async def test_a_role_may_read_metrics_but_not_alerts(connect, role_rules):
     # Its permitted subscription is delivered.
     record = await admin.ok("store.insert", bucket="metrics", data=metric())
     assert await reader.push() == {
-        "type": "push", "channel": "subscription", "subscriptionId": sub["subscriptionId"], "data": [record],
+        "type": "push",
+        "channel": "subscription",
+        "subscriptionId": sub["subscriptionId"],
+        "data": [record],
     }
     assert await reader.ok("store.unsubscribe", subscriptionId=sub["subscriptionId"]) == {"unsubscribed": True}
 
@@ -298,11 +314,14 @@ def rules_check(settings, roles: tuple[str, ...], operation: str, resource: str)
     ],
 )
 def test_role_rules(settings, roles, operation, resource, allowed):
-    settings.DASHBOARD = {**settings.DASHBOARD, "ROLE_RULES": {
-        "admin": {"read": "*", "write": "*", "subscribe": "*"},
-        "reader": {"read": "metrics"},
-        "writer": {"write": ["metrics"]},
-    }}
+    settings.DASHBOARD = {
+        **settings.DASHBOARD,
+        "ROLE_RULES": {
+            "admin": {"read": "*", "write": "*", "subscribe": "*"},
+            "reader": {"read": "metrics"},
+            "writer": {"write": ["metrics"]},
+        },
+    }
     assert rules_check(settings, roles, operation, resource) is allowed
 
 
@@ -357,7 +376,7 @@ async def test_successful_logins_are_not_limited(connect, settings):
 async def test_missing_token_is_a_validation_error_not_a_failure(connect, settings):
     settings.DASHBOARD = {**settings.DASHBOARD, "LOGIN_ATTEMPTS_PER_MINUTE": 1}
     client = await connect(address="203.0.113.11")
-    for i in range(1, 4):
+    for _i in range(1, 4):
         assert (await client.request("auth.login", token=""))["code"] == "VALIDATION_ERROR"
     assert (await client.login("viewer-token"))["userId"] == "viewer-1"
 
@@ -403,7 +422,9 @@ def test_admin_offers_roles_from_the_rules(admin_client, settings):
     settings.DASHBOARD = {**settings.DASHBOARD, "ROLE_RULES": {"metrics-reader": {"read": ["metrics"]}}}
     page = admin_client.get("/admin/accounts/apitoken/add/").content.decode()
     assert re.findall(r'<option value="([a-z-]+)"', page.split('name="role"')[1].split("</select>")[0]) == [
-        "admin", "viewer", "metrics-reader",
+        "admin",
+        "viewer",
+        "metrics-reader",
     ]
 
 
@@ -443,12 +464,18 @@ async def test_admin_edits_and_deletes_push_to_a_live_subscriber(connect, admin_
     edited = await viewer.ok("store.get", bucket="metrics", key=record["id"])
     assert (edited["value"], edited["_version"]) == (99.5, 2)
     assert await viewer.push() == {
-        "type": "push", "channel": "subscription", "subscriptionId": sub["subscriptionId"], "data": [edited],
+        "type": "push",
+        "channel": "subscription",
+        "subscriptionId": sub["subscriptionId"],
+        "data": [edited],
     }
 
     response = await sync_to_async(admin_http.post)(f"/admin/metrics/metric/{seq}/delete/", {"post": "yes"})
     assert response.status_code == 302
     assert await viewer.push() == {
-        "type": "push", "channel": "subscription", "subscriptionId": sub["subscriptionId"], "data": [],
+        "type": "push",
+        "channel": "subscription",
+        "subscriptionId": sub["subscriptionId"],
+        "data": [],
     }
     assert await viewer.nothing()

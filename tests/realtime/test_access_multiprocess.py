@@ -1,6 +1,7 @@
 """Revocation reaches every server process: a token issued and revoked by
 management processes ends its sessions on two uvicorn servers that share
 PostgreSQL and Redis (fixtures: tests/servers.py)."""
+
 from __future__ import annotations
 
 import re
@@ -32,7 +33,9 @@ async def test_revoking_in_a_shell_ends_sessions_on_both_servers(cluster, ws_con
     assert (await on_b.ok("auth.whoami"))["userId"] == "mp-alice"
 
     await manage(
-        cluster.env, "shell", "-c",
+        cluster.env,
+        "shell",
+        "-c",
         "from accounts.models import ApiToken; from accounts.services import token_revoke; "
         "token_revoke(token=ApiToken.objects.get(user__username='mp-alice'))",
     )
@@ -41,5 +44,8 @@ async def test_revoking_in_a_shell_ends_sessions_on_both_servers(cluster, ws_con
     assert (await bystander.ok("auth.whoami"))["userId"] == "viewer-1"
     again = await ws_connect(cluster.a)
     assert await again.request("auth.login", token=raw) == {
-        "id": 1, "type": "error", "code": "UNAUTHORIZED", "message": "Invalid token",
+        "id": 1,
+        "type": "error",
+        "code": "UNAUTHORIZED",
+        "message": "Invalid token",
     }

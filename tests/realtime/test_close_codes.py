@@ -3,6 +3,7 @@
 frame with 1003 `binary_not_supported`, a frame over the size limit with 1009
 `message_too_large`, and an application code with its reason, the same way
 (realtime/daphne_close.py makes daphne do it)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -49,14 +50,19 @@ async def close_received(ws) -> tuple[int, str]:
         while True:
             await asyncio.wait_for(ws.recv(), TIMEOUT)
     except ConnectionClosed as closed:
-        assert closed.rcvd is not None, f"no close frame from the server: {closed!r}"
+        if closed.rcvd is None:
+            raise AssertionError(f"no close frame from the server: {closed!r}") from None
         return closed.rcvd.code, closed.rcvd.reason
 
 
 async def assert_still_serving(server: LiveServer) -> None:
     client = await open_client(server.url, "after", "viewer-token")
-    assert await client.ok("auth.whoami") == {"authenticated": True, "userId": "viewer-1", "roles": ["viewer"],
-                                              "expiresAt": None}
+    assert await client.ok("auth.whoami") == {
+        "authenticated": True,
+        "userId": "viewer-1",
+        "roles": ["viewer"],
+        "expiresAt": None,
+    }
     await client.close()
     assert "Exception inside application" not in server.log(), server.log()[-3000:]
 
@@ -71,7 +77,9 @@ def whoami_of_bytes(size: int, pad: str = "x") -> str:
 
 
 @pytest.mark.multiprocess
-@pytest.mark.parametrize("payload", [b"\x00\x01", b"", b'{"id":1,"type":"auth.whoami"}'], ids=["bytes", "empty", "json"])
+@pytest.mark.parametrize(
+    "payload", [b"\x00\x01", b"", b'{"id":1,"type":"auth.whoami"}'], ids=["bytes", "empty", "json"]
+)
 async def test_a_binary_frame_closes_with_1003(server, payload):
     client = await open_client(server.url, "binary", "viewer-token")
     await client.ws.send(payload)
@@ -174,10 +182,16 @@ async def test_closes_go_out_with_code_and_reason_and_the_rest_goes_to_daphne():
     await wrapped({"type": "websocket.send", "text": "{}"})
     protocol.state = WebSocketProtocol.STATE_CONNECTING  # a refused handshake is daphne's 403
     await wrapped({"type": "websocket.close", "code": 1003})
-    assert frames.sent == [(1009, b"message_too_large", False), (1000, None, False),
-                           (4003, ("\u00e9" * 61).encode(), False)]
-    assert messages == [{"type": "websocket.close", "code": 1005}, {"type": "websocket.send", "text": "{}"},
-                        {"type": "websocket.close", "code": 1003}]
+    assert frames.sent == [
+        (1009, b"message_too_large", False),
+        (1000, None, False),
+        (4003, ("\u00e9" * 61).encode(), False),
+    ]
+    assert messages == [
+        {"type": "websocket.close", "code": 1005},
+        {"type": "websocket.send", "text": "{}"},
+        {"type": "websocket.close", "code": 1003},
+    ]
 
 
 @pytest.mark.parametrize("send", [print, functools.partial(print, 1), functools.partial(print, 1, 2)])
@@ -195,7 +209,8 @@ def test_another_daphne_falls_back_to_its_own_path_and_says_so_once(monkeypatch,
         assert daphne_close.closing_send(send) is send
     assert [r.getMessage() for r in caplog.records] == [
         "daphne closes through its own path (daphne 9.0.0, checked with 4.2.3): under runserver, close codes "
-        "other than 1000 and 3000-4999 become 1011 and close reasons are dropped"]
+        "other than 1000 and 3000-4999 become 1011 and close reasons are dropped"
+    ]
 
 
 def test_a_changed_send_close_frame_falls_back(monkeypatch):

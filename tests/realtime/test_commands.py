@@ -1,6 +1,7 @@
 """The management commands: collect_host_metrics and watch_query against a
 real server process, prune_metrics as a service and end to end, and the
 pieces they are made of (duration parsing, reading /proc)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -19,13 +20,16 @@ from dashboard_client.durations import format_duration, parse_duration
 from metrics import retention, services
 from metrics.changes import records_changed
 from metrics.schema import BUCKETS
-
 from tests.servers import live_server, redis_url_if_reachable
 
 TIMEOUT = 10.0
 HOST_METRICS = {
-    "host.cpu": "%", "host.load1": "", "host.memory.used": "MB", "host.disk.used": "%",
-    "host.net.rx": "B/s", "host.net.tx": "B/s",
+    "host.cpu": "%",
+    "host.load1": "",
+    "host.memory.used": "MB",
+    "host.disk.used": "%",
+    "host.net.rx": "B/s",
+    "host.net.tx": "B/s",
 }
 DAY_MS = 86_400_000
 
@@ -71,7 +75,8 @@ async def test_collect_host_metrics_once_inserts_one_transaction(server, open_da
     started_ms = time.time() * 1000
 
     code, out, err = await server.manage_async(
-        "collect_host_metrics", "--url", server.url, "--token", "admin-token", "--once", "--interval", "200ms")
+        "collect_host_metrics", "--url", server.url, "--token", "admin-token", "--once", "--interval", "200ms"
+    )
     assert code == 0, err
 
     stored = await admin.all("metrics")
@@ -97,8 +102,9 @@ async def test_collect_host_metrics_stops_cleanly_on_ctrl_c(server, open_dashboa
     admin = await open_dashboard_client(server.url)
     sub = await admin.subscribe("metrics-by-name", {"name": "host.cpu"})
     before = len(sub.data)
-    proc = await server.spawn("collect_host_metrics", "--url", server.url, "--token", "admin-token",
-                              "--interval", "100ms")
+    proc = await server.spawn(
+        "collect_host_metrics", "--url", server.url, "--token", "admin-token", "--interval", "100ms"
+    )
     processes.append(proc)
     assert (await read_line(proc)).startswith("collecting host metrics every 0.1 s into ")
     await sub.wait_for(lambda data: len(data) >= before + 2, TIMEOUT)
@@ -110,8 +116,9 @@ async def test_collect_host_metrics_stops_cleanly_on_ctrl_c(server, open_dashboa
 
 
 async def test_collect_host_metrics_refuses_a_viewer(server):
-    code, out, err = await server.manage_async(
-        "collect_host_metrics", "--url", server.url, "--token", "viewer-token", "--once", "--interval", "100ms")
+    code, _out, err = await server.manage_async(
+        "collect_host_metrics", "--url", server.url, "--token", "viewer-token", "--once", "--interval", "100ms"
+    )
     assert code == 1
     assert "FORBIDDEN: No permission for store.transaction on *" in err
 
@@ -147,9 +154,16 @@ def test_host_sampler_reads_proc_and_computes_rates(tmp_path):
 
 def test_durations():
     assert [parse_duration(t) for t in ("30s", "15m", "1h", "7d", "500ms", "1.5h", "2w")] == [
-        30, 900, 3600, 604800, 0.5, 5400, 1209600]
+        30,
+        900,
+        3600,
+        604800,
+        0.5,
+        5400,
+        1209600,
+    ]
     for bad in ("7", "d", "-1s", "1y", "", "1 s s"):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="invalid duration"):
             parse_duration(bad)
     assert [format_duration(s) for s in (604800, 90, 0.5, 3600)] == ["7d", "90s", "500ms", "1h"]
 
@@ -159,8 +173,18 @@ def test_durations():
 
 async def test_watch_query_prints_each_push(server, open_dashboard_client, processes):
     admin = await open_dashboard_client(server.url)
-    proc = await server.spawn("watch_query", "metrics-by-name", "--params", '{"name": "watched"}',
-                              "--url", server.url, "--token", "viewer-token", "--count", "2")
+    proc = await server.spawn(
+        "watch_query",
+        "metrics-by-name",
+        "--params",
+        '{"name": "watched"}',
+        "--url",
+        server.url,
+        "--token",
+        "viewer-token",
+        "--count",
+        "2",
+    )
     processes.append(proc)
     when, kind, subscription_id, data = (await read_line(proc)).split(" ", 3)
     assert (kind, json.loads(data)) == ("initial", [])
@@ -176,8 +200,9 @@ async def test_watch_query_prints_each_push(server, open_dashboard_client, proce
 
 
 async def test_watch_query_reports_a_refused_subscription(server):
-    code, out, err = await server.manage_async(
-        "watch_query", "no-such-query", "--url", server.url, "--token", "viewer-token")
+    code, _out, err = await server.manage_async(
+        "watch_query", "no-such-query", "--url", server.url, "--token", "viewer-token"
+    )
     assert code == 1 and 'QUERY_NOT_DEFINED: Query "no-such-query" is not defined' in err
 
 
@@ -201,8 +226,10 @@ def published():
 
 def insert_ages(rows: list[tuple[str, float]]) -> list[str]:
     """Inserts (name, age in days) metrics; returns their keys, in order."""
-    return [services.record_insert(bucket=METRICS, data={
-        "name": name, "value": 1, "timestamp": NOW - age * DAY_MS})["id"] for name, age in rows]
+    return [
+        services.record_insert(bucket=METRICS, data={"name": name, "value": 1, "timestamp": NOW - age * DAY_MS})["id"]
+        for name, age in rows
+    ]
 
 
 def remaining() -> list[str]:
@@ -222,8 +249,7 @@ def test_prune_deletes_older_rows_and_publishes_one_change(published):
 @pytest.mark.django_db(transaction=True)
 def test_prune_keeps_newest_per_name_by_timestamp_whatever_their_age(published):
     # Inserted out of timestamp order: "newest" is by timestamp, not insertion.
-    keys = insert_ages([("cpu", 8), ("cpu", 10), ("cpu", 9), ("cpu", 1),
-                        ("mem", 30), ("mem", 20), ("disk", 100)])
+    keys = insert_ages([("cpu", 8), ("cpu", 10), ("cpu", 9), ("cpu", 1), ("mem", 30), ("mem", 20), ("disk", 100)])
     published.clear()
     deleted = retention.prune_raw(older_than_ms=7 * DAY_MS, keep_per_name=2, now_ms=NOW)
     # cpu keeps 1 day (recent anyway) and 8 days (second newest); mem keeps
@@ -242,14 +268,12 @@ def test_prune_with_nothing_to_delete_publishes_nothing(published):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_prune_inside_a_rolled_back_transaction_deletes_and_publishes_nothing(
-        published):
+def test_prune_inside_a_rolled_back_transaction_deletes_and_publishes_nothing(published):
     insert_ages([("cpu", 10)])
     published.clear()
-    with pytest.raises(RuntimeError):
-        with transaction.atomic():
-            assert retention.prune_raw(older_than_ms=DAY_MS, keep_per_name=None, now_ms=NOW) == 1
-            raise RuntimeError("roll back")
+    with pytest.raises(RuntimeError), transaction.atomic():
+        assert retention.prune_raw(older_than_ms=DAY_MS, keep_per_name=None, now_ms=NOW) == 1
+        raise RuntimeError("roll back")
     assert len(remaining()) == 1 and published == []
 
 
@@ -269,9 +293,12 @@ async def test_prune_metrics_command_pushes_once(redis_server, open_dashboard_cl
     admin = await open_dashboard_client(redis_server.url)
     now = int(time.time() * 1000)
     rows = [("cpu", 9), ("cpu", 8), ("cpu", 0), ("mem", 30), ("mem", 10)]
-    records = await admin.transaction([
-        {"op": "insert", "bucket": "metrics", "data": {"name": n, "value": 1, "timestamp": now - age * DAY_MS}}
-        for n, age in rows])
+    records = await admin.transaction(
+        [
+            {"op": "insert", "bucket": "metrics", "data": {"name": n, "value": 1, "timestamp": now - age * DAY_MS}}
+            for n, age in rows
+        ]
+    )
     viewer = await open_dashboard_client(redis_server.url, "viewer-token")
     counts: list[int] = []
     cpu: list[Any] = []

@@ -4,6 +4,7 @@ real ASGI application.
 Each test asserts the whole error frame, then proves the connection is still
 usable with a valid request on the same connection.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -14,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from metrics import selectors, services
 from accounts.tokens import validate_token
+from metrics import selectors, services
 from realtime.auth import Session, TokenExpired
 from tests.conftest import TIMEOUT, Client, metric
 
@@ -248,7 +249,10 @@ async def test_failed_login_keeps_the_current_session(connect, existing, fields,
         await assert_signed_out_but_usable(client)
     else:
         assert await client.ok("auth.whoami") == {
-            "authenticated": True, "userId": "viewer-1", "roles": ["viewer"], "expiresAt": None,
+            "authenticated": True,
+            "userId": "viewer-1",
+            "roles": ["viewer"],
+            "expiresAt": None,
         }
         await assert_usable(client)
 
@@ -298,7 +302,9 @@ async def test_session_expires_on_its_next_request(connect, expiring_validator):
     login = await client.request("auth.login", token="short-lived-token")
     expires_at = login["data"]["expiresAt"]
     assert login == {
-        "id": 1, "type": "result", "data": {"userId": "temp-1", "roles": ["admin"], "expiresAt": expires_at},
+        "id": 1,
+        "type": "result",
+        "data": {"userId": "temp-1", "roles": ["admin"], "expiresAt": expires_at},
     }
     assert before + SHORT_LIFE_MS <= expires_at <= now_ms() + SHORT_LIFE_MS
     await assert_usable(client)
@@ -306,9 +312,7 @@ async def test_session_expires_on_its_next_request(connect, expiring_validator):
     # Waiting for the clock is the point of this test; there is nothing to await.
     await asyncio.sleep((expires_at - now_ms() + 50) / 1000)
     assert await client.request("store.count", bucket="metrics") == error(3, "UNAUTHORIZED", "Session expired")
-    assert await client.request("store.count", bucket="metrics") == error(
-        4, "UNAUTHORIZED", "Authentication required"
-    )
+    assert await client.request("store.count", bucket="metrics") == error(4, "UNAUTHORIZED", "Authentication required")
     await assert_signed_out_but_usable(client)
 
 
@@ -316,13 +320,14 @@ async def test_whoami_reports_an_expired_session_as_signed_out(connect, expiring
     client = await connect()
     expires_at = (await client.login("short-lived-token"))["expiresAt"]
     assert await client.ok("auth.whoami") == {
-        "authenticated": True, "userId": "temp-1", "roles": ["admin"], "expiresAt": expires_at,
+        "authenticated": True,
+        "userId": "temp-1",
+        "roles": ["admin"],
+        "expiresAt": expires_at,
     }
     await asyncio.sleep((expires_at - now_ms() + 50) / 1000)
     assert await client.ok("auth.whoami") == {"authenticated": False}
-    assert await client.request("store.count", bucket="metrics") == error(
-        4, "UNAUTHORIZED", "Authentication required"
-    )
+    assert await client.request("store.count", bucket="metrics") == error(4, "UNAUTHORIZED", "Authentication required")
     await assert_signed_out_but_usable(client)
 
 
@@ -339,9 +344,7 @@ async def test_logout_and_whoami(connect):
     assert await client.request("auth.logout") == {"id": 5, "type": "result", "data": {"loggedOut": True}}
     assert await client.request("auth.logout") == {"id": 6, "type": "result", "data": {"loggedOut": True}}
     assert await client.request("auth.whoami") == {"id": 7, "type": "result", "data": {"authenticated": False}}
-    assert await client.request("store.count", bucket="metrics") == error(
-        8, "UNAUTHORIZED", "Authentication required"
-    )
+    assert await client.request("store.count", bucket="metrics") == error(8, "UNAUTHORIZED", "Authentication required")
     await assert_signed_out_but_usable(client)
 
 
@@ -358,13 +361,19 @@ async def test_logging_in_again_replaces_the_session(connect):
 
 VIEWER_DENIED = [
     ("store.insert", {"bucket": "metrics", "data": metric()}, "store.insert on metrics"),
-    ("store.insert", {"bucket": "alerts", "data": {"metric": "cpu", "threshold": 1, "timestamp": 1}},
-     "store.insert on alerts"),
+    (
+        "store.insert",
+        {"bucket": "alerts", "data": {"metric": "cpu", "threshold": 1, "timestamp": 1}},
+        "store.insert on alerts",
+    ),
     ("store.update", {"bucket": "metrics", "key": "k1", "data": {"value": 1}}, "store.update on metrics"),
     ("store.delete", {"bucket": "metrics", "key": "k1"}, "store.delete on metrics"),
     ("store.clear", {"bucket": "metrics"}, "store.clear on metrics"),
-    ("store.transaction", {"operations": [{"op": "delete", "bucket": "metrics", "key": "k1"}]},
-     "store.transaction on *"),
+    (
+        "store.transaction",
+        {"operations": [{"op": "delete", "bucket": "metrics", "key": "k1"}]},
+        "store.transaction on *",
+    ),
     # Permission comes before field checks: the resource is "*" without a bucket.
     ("store.insert", {"data": metric()}, "store.insert on *"),
     ("store.insert", {"bucket": 5, "data": metric()}, "store.insert on *"),
@@ -399,16 +408,16 @@ async def test_viewer_may_read(connect):
     assert await viewer.ok("store.first", bucket="metrics", n=1) == [record]
     assert await viewer.ok("store.last", bucket="metrics", n=1) == [record]
     assert await viewer.ok("store.paginate", bucket="metrics", limit=1) == {
-        "records": [record], "hasMore": False, "nextCursor": "k1",
+        "records": [record],
+        "hasMore": False,
+        "nextCursor": "k1",
     }
     assert await viewer.ok("store.sum", bucket="metrics", field="value") == 72.5
     assert await viewer.ok("store.buckets") == {"count": 2, "names": ["metrics", "alerts"]}
     assert (await viewer.ok("store.stats"))["records"]["total"] == 1
     subscription = await viewer.ok("store.subscribe", query="metric-count")
     assert subscription["data"] == 1
-    assert await viewer.ok("store.unsubscribe", subscriptionId=subscription["subscriptionId"]) == {
-        "unsubscribed": True
-    }
+    assert await viewer.ok("store.unsubscribe", subscriptionId=subscription["subscriptionId"]) == {"unsubscribed": True}
 
 
 # --- store field checks (as admin) -------------------------------------------------------
@@ -552,8 +561,11 @@ async def test_subscribe_errors_create_no_subscription(connect, token, fields, c
 VALID = {"name": "cpu", "value": 1, "timestamp": 1}
 
 INSERT_VALIDATION = [
-    ("metrics", {}, [("name", REQUIRED, "required"), ("value", REQUIRED, "required"),
-                     ("timestamp", REQUIRED, "required")]),
+    (
+        "metrics",
+        {},
+        [("name", REQUIRED, "required"), ("value", REQUIRED, "required"), ("timestamp", REQUIRED, "required")],
+    ),
     ("metrics", {**VALID, "value": "high"}, [("value", expected_type("number", "string"), "type")]),
     ("metrics", {**VALID, "value": True}, [("value", expected_type("number", "boolean"), "type")]),
     ("metrics", {**VALID, "value": None}, [("value", REQUIRED, "required")]),
@@ -567,17 +579,36 @@ INSERT_VALIDATION = [
     ("metrics", {**VALID, "id": "k" * 256}, [("id", "Key must be 1 to 255 characters", "max")]),
     ("metrics", {**VALID, "colour": "red"}, [("colour", "Unknown field", "unknown")]),
     # Issues in the schema's field order, unknown fields last.
-    ("metrics", {"colour": "red", "value": "x", "name": 5},
-     [("name", expected_type("string", "number"), "type"), ("value", expected_type("number", "string"), "type"),
-      ("timestamp", REQUIRED, "required"), ("colour", "Unknown field", "unknown")]),
-    ("alerts", {}, [("metric", REQUIRED, "required"), ("threshold", REQUIRED, "required"),
-                    ("timestamp", REQUIRED, "required")]),
-    ("alerts", {"metric": "cpu", "threshold": 90, "severity": "urgent", "timestamp": 1},
-     [("severity", "Value must be one of: low, medium, high", "enum")]),
-    ("alerts", {"metric": "cpu", "threshold": 90, "severity": "HIGH", "timestamp": 1},
-     [("severity", "Value must be one of: low, medium, high", "enum")]),
-    ("alerts", {"metric": "cpu", "threshold": 90, "severity": 3, "timestamp": 1},
-     [("severity", expected_type("string", "number"), "type")]),
+    (
+        "metrics",
+        {"colour": "red", "value": "x", "name": 5},
+        [
+            ("name", expected_type("string", "number"), "type"),
+            ("value", expected_type("number", "string"), "type"),
+            ("timestamp", REQUIRED, "required"),
+            ("colour", "Unknown field", "unknown"),
+        ],
+    ),
+    (
+        "alerts",
+        {},
+        [("metric", REQUIRED, "required"), ("threshold", REQUIRED, "required"), ("timestamp", REQUIRED, "required")],
+    ),
+    (
+        "alerts",
+        {"metric": "cpu", "threshold": 90, "severity": "urgent", "timestamp": 1},
+        [("severity", "Value must be one of: low, medium, high", "enum")],
+    ),
+    (
+        "alerts",
+        {"metric": "cpu", "threshold": 90, "severity": "HIGH", "timestamp": 1},
+        [("severity", "Value must be one of: low, medium, high", "enum")],
+    ),
+    (
+        "alerts",
+        {"metric": "cpu", "threshold": 90, "severity": 3, "timestamp": 1},
+        [("severity", expected_type("string", "number"), "type")],
+    ),
 ]
 
 
@@ -637,9 +668,7 @@ async def test_update_of_a_missing_key_is_not_found(connect, key, shown):
 async def test_insert_of_an_existing_key_is_a_conflict(connect):
     client = await connect("admin-token")
     record = await client.ok("store.insert", bucket="metrics", data={**metric(), "id": "k1"})
-    assert await client.request(
-        "store.insert", bucket="metrics", data={**metric("memory", 1), "id": "k1"}
-    ) == error(
+    assert await client.request("store.insert", bucket="metrics", data={**metric("memory", 1), "id": "k1"}) == error(
         3,
         "CONFLICT",
         'Record with key "k1" already exists in bucket "metrics"',
@@ -692,7 +721,9 @@ async def test_unsubscribe_errors(connect):
         5, "VALIDATION_ERROR", invalid("subscriptionId", "non-empty string")
     )
     assert await client.request("store.unsubscribe", subscriptionId=mine) == {
-        "id": 6, "type": "result", "data": {"unsubscribed": True},
+        "id": 6,
+        "type": "result",
+        "data": {"unsubscribed": True},
     }
     assert await client.request("store.unsubscribe", subscriptionId=mine) == error(
         7, "NOT_FOUND", f'Subscription "{mine}" not found'
@@ -728,14 +759,20 @@ TRANSACTION_SHAPE_CASES = [
     ({"operations": [{"op": "get", "bucket": "metrics"}]}, 'operations[0]: "get" requires "key"'),
     ({"operations": [{"op": "delete", "bucket": "metrics", "key": None}]}, 'operations[0]: "delete" requires "key"'),
     ({"operations": [{"op": "update", "bucket": "metrics", "data": {}}]}, 'operations[0]: "update" requires "key"'),
-    ({"operations": [{"op": "update", "bucket": "metrics", "key": "k0"}]},
-     'operations[0]: "update" requires "data" object'),
+    (
+        {"operations": [{"op": "update", "bucket": "metrics", "key": "k0"}]},
+        'operations[0]: "update" requires "data" object',
+    ),
     ({"operations": [{"op": "insert", "bucket": "metrics"}]}, 'operations[0]: "insert" requires "data" object'),
-    ({"operations": [{"op": "insert", "bucket": "metrics", "data": [metric()]}]},
-     'operations[0]: "insert" requires "data" object'),
+    (
+        {"operations": [{"op": "insert", "bucket": "metrics", "data": [metric()]}]},
+        'operations[0]: "insert" requires "data" object',
+    ),
     ({"operations": [{"op": "where", "bucket": "metrics"}]}, 'operations[0]: "where" requires "filter" object'),
-    ({"operations": [{"op": "findOne", "bucket": "metrics", "filter": "x"}]},
-     'operations[0]: "findOne" requires "filter" object'),
+    (
+        {"operations": [{"op": "findOne", "bucket": "metrics", "filter": "x"}]},
+        'operations[0]: "findOne" requires "filter" object',
+    ),
     ({"operations": [{"op": "count", "bucket": "metrics", "filter": "x"}]}, invalid("filter", "object")),
 ]
 
@@ -763,20 +800,37 @@ DELETE_K0 = {"op": "delete", "bucket": "metrics", "key": "k0"}
 _missing_fields = validation_failed("metrics", ("value", REQUIRED, "required"), ("timestamp", REQUIRED, "required"))
 
 TRANSACTION_FAILURES = [
-    ([INSERT, {"op": "update", "bucket": "metrics", "key": "nope", "data": {"value": 1}}],
-     ("NOT_FOUND", 'Record with key "nope" not found in bucket "metrics"')),
-    ([INSERT, UPDATE_K0, {"op": "update", "bucket": "metrics", "key": "nope", "data": {"value": 1}}],
-     ("NOT_FOUND", 'Record with key "nope" not found in bucket "metrics"')),
-    ([DELETE_K0, {"op": "insert", "bucket": "metrics", "data": {"name": "x"}}],
-     ("VALIDATION_ERROR", *_missing_fields)),
-    ([UPDATE_K0, {"op": "insert", "bucket": "metrics", "data": {**metric(), "id": "k0"}}],
-     ("CONFLICT", 'Record with key "k0" already exists in bucket "metrics"', {"bucket": "metrics", "key": "k0"})),
-    ([{**INSERT, "data": {**metric(), "id": "k1"}}, {**INSERT, "data": {**metric(), "id": "k1"}}],
-     ("CONFLICT", 'Record with key "k1" already exists in bucket "metrics"', {"bucket": "metrics", "key": "k1"})),
-    ([INSERT, {"op": "insert", "bucket": "alerts", "data": {"metric": "cpu", "threshold": 1, "severity": "x",
-                                                             "timestamp": 1}}],
-     ("VALIDATION_ERROR",
-      *validation_failed("alerts", ("severity", "Value must be one of: low, medium, high", "enum")))),
+    (
+        [INSERT, {"op": "update", "bucket": "metrics", "key": "nope", "data": {"value": 1}}],
+        ("NOT_FOUND", 'Record with key "nope" not found in bucket "metrics"'),
+    ),
+    (
+        [INSERT, UPDATE_K0, {"op": "update", "bucket": "metrics", "key": "nope", "data": {"value": 1}}],
+        ("NOT_FOUND", 'Record with key "nope" not found in bucket "metrics"'),
+    ),
+    ([DELETE_K0, {"op": "insert", "bucket": "metrics", "data": {"name": "x"}}], ("VALIDATION_ERROR", *_missing_fields)),
+    (
+        [UPDATE_K0, {"op": "insert", "bucket": "metrics", "data": {**metric(), "id": "k0"}}],
+        ("CONFLICT", 'Record with key "k0" already exists in bucket "metrics"', {"bucket": "metrics", "key": "k0"}),
+    ),
+    (
+        [{**INSERT, "data": {**metric(), "id": "k1"}}, {**INSERT, "data": {**metric(), "id": "k1"}}],
+        ("CONFLICT", 'Record with key "k1" already exists in bucket "metrics"', {"bucket": "metrics", "key": "k1"}),
+    ),
+    (
+        [
+            INSERT,
+            {
+                "op": "insert",
+                "bucket": "alerts",
+                "data": {"metric": "cpu", "threshold": 1, "severity": "x", "timestamp": 1},
+            },
+        ],
+        (
+            "VALIDATION_ERROR",
+            *validation_failed("alerts", ("severity", "Value must be one of: low, medium, high", "enum")),
+        ),
+    ),
 ]
 
 
@@ -834,7 +888,9 @@ async def test_binary_frame_closes_with_1003(connect):
     await assert_usable(client)
     await client.communicator.send_to(bytes_data=b'{"id":3,"type":"store.count","bucket":"metrics"}')
     assert await client.communicator.receive_output(timeout=TIMEOUT) == {
-        "type": "websocket.close", "code": 1003, "reason": "binary_not_supported",
+        "type": "websocket.close",
+        "code": 1003,
+        "reason": "binary_not_supported",
     }
     await client.send({"id": 4, "type": "auth.whoami"})
     assert await client.communicator.receive_nothing(timeout=0.3)
@@ -857,7 +913,8 @@ async def test_oversized_frame_closes_with_1009(connect, settings, filler):
     # A frame of exactly the limit is fine; the limit counts bytes, not characters.
     await send_raw(client, frame_of_size(1000, filler))
     assert await client.reply_to(2) == {
-        "id": 2, "type": "result",
+        "id": 2,
+        "type": "result",
         "data": {"authenticated": True, "userId": "admin-1", "roles": ["admin"], "expiresAt": None},
     }
     await send_raw(client, frame_of_size(1001, filler))
@@ -873,7 +930,5 @@ async def test_both_paths_speak_the_protocol(connect, path):
     assert client.welcome["type"] == "welcome"
     await send_raw(client, "not json")
     assert await client.receive() == error(0, "PARSE_ERROR", "Invalid JSON")
-    assert await client.request("store.count", bucket="metrics") == error(
-        1, "UNAUTHORIZED", "Authentication required"
-    )
+    assert await client.request("store.count", bucket="metrics") == error(1, "UNAUTHORIZED", "Authentication required")
     await assert_signed_out_but_usable(client)

@@ -1,5 +1,6 @@
 """One server on SQLite without Redis still pushes what other processes write
 (a shell, `prune_metrics`): it watches SQLite's data_version."""
+
 from __future__ import annotations
 
 import pytest

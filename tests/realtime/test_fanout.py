@@ -1,5 +1,6 @@
 """Reactive queries: pushes only on change, one evaluation per distinct query,
 one layer message per change, whole large results, nothing on rollback."""
+
 from __future__ import annotations
 
 import asyncio
@@ -7,12 +8,11 @@ import json
 
 import pytest
 from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
 from django.db import transaction
 
 from metrics import derived
 from metrics.models import Metric
-from channels.layers import get_channel_layer
-
 from realtime.hub import get_hub
 from realtime.layer import CHANGES_GROUP
 from tests.conftest import metric
@@ -29,7 +29,10 @@ async def test_no_push_when_result_unchanged(connect):
     # The subscription is still live: a cpu insert reaches it.
     record = await admin.ok("store.insert", bucket="metrics", data=metric("cpu", 2))
     assert await viewer.push() == {
-        "type": "push", "channel": "subscription", "subscriptionId": cpu["subscriptionId"], "data": [record],
+        "type": "push",
+        "channel": "subscription",
+        "subscriptionId": cpu["subscriptionId"],
+        "data": [record],
     }
 
 
@@ -118,9 +121,7 @@ async def test_writes_outside_the_protocol_push(connect):
     created = await sync_to_async(Metric.objects.create)(name="shell", value=3, timestamp=5)
     first = await viewer.push()
     assert first["subscriptionId"] == sub["subscriptionId"]
-    assert [(r["id"], r["value"], r["unit"], r["_version"]) for r in first["data"]] == [
-        (created.key, 3, "", 1)
-    ]
+    assert [(r["id"], r["value"], r["unit"], r["_version"]) for r in first["data"]] == [(created.key, 3, "", 1)]
 
     created.value = 4
     await sync_to_async(created.save)()
@@ -167,7 +168,7 @@ async def test_lost_layer_messages_are_repaired_when_the_layer_returns(connect, 
 
     monkeypatch.setattr(layer, "group_send", flaky_group_send)
     async with asyncio.timeout(5):  # the next probe notices the outage
-        while hub.link.healthy:
+        while hub.link.healthy:  # noqa: ASYNC110  (the link reports health as a flag, not an event)
             await asyncio.sleep(0.01)
     # bulk_create sends no signals: as if another process wrote meanwhile
     # (the readings and, as its writes would, the per-name figures).
@@ -178,6 +179,9 @@ async def test_lost_layer_messages_are_repaired_when_the_layer_returns(connect, 
     assert await viewer.nothing(timeout=0.2)
     outage = False
     assert await viewer.push() == {
-        "type": "push", "channel": "subscription", "subscriptionId": sub["subscriptionId"], "data": 3,
+        "type": "push",
+        "channel": "subscription",
+        "subscriptionId": sub["subscriptionId"],
+        "data": 3,
     }
     assert hub.link.healthy and hub.link.resyncs == 1 and hub.link.failures >= 1

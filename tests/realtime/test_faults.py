@@ -1,5 +1,6 @@
 """Faults: a database error mid-write and a client leaving mid-transaction
 leave the store whole and push nothing."""
+
 from __future__ import annotations
 
 import logging

@@ -1,17 +1,17 @@
 """Bounds on what one token holder can make a server process spend (issue 13):
 distinct live queries, filter size, the compiled-filter cache, connections
 that never log in, and sessions whose token was revoked without a signal."""
+
 from __future__ import annotations
 
 import pytest
 from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 from django.db import connection
 
 from accounts.models import ApiToken
 from accounts.services import token_create
-from channels.testing import WebsocketCommunicator
-
 from dashboard_project.asgi import application
 from metrics import selectors
 from realtime.hub import get_hub
@@ -30,8 +30,12 @@ async def test_distinct_live_queries_per_user(limits, connect):
     same_user = await connect("viewer-token")
     admin = await connect("admin-token")
     subs = [await viewer.ok("store.subscribe", query="latest-metrics", params={"n": n}) for n in (1, 2, 3)]
-    refused = {"id": 5, "type": "error", "code": "RATE_LIMITED",
-               "message": "Live query limit reached (max 3 distinct queries per user)"}
+    refused = {
+        "id": 5,
+        "type": "error",
+        "code": "RATE_LIMITED",
+        "message": "Live query limit reached (max 3 distinct queries per user)",
+    }
     assert await viewer.request("store.subscribe", query="latest-metrics", params={"n": 4}) == refused
     # Joining a query the user already holds costs nothing: allowed, from any connection.
     assert (await same_user.ok("store.subscribe", query="latest-metrics", params={"n": 1}))["data"] == []
@@ -50,7 +54,9 @@ async def test_distinct_live_queries_per_process(limits, connect):
     await viewer.ok("store.subscribe", query="metric-count")
     await viewer.ok("store.subscribe", query="metric-stats")
     assert await admin.request("store.subscribe", query="all-metrics") == {
-        "id": 2, "type": "error", "code": "RATE_LIMITED",
+        "id": 2,
+        "type": "error",
+        "code": "RATE_LIMITED",
         "message": "Live query limit reached (max 2 distinct queries per server process)",
     }
     # Joining a live query is always allowed.
@@ -84,7 +90,10 @@ async def test_deep_or_wide_filters_are_validation_errors(connect, spec, message
     for operation, fields in [("store.where", {}), ("store.count", {}), ("store.sum", {"field": "value"})]:
         reply = await admin.request(operation, bucket="metrics", filter=spec, **fields)
         assert {k: reply[k] for k in ("type", "code", "message")} == {
-            "type": "error", "code": "VALIDATION_ERROR", "message": message}
+            "type": "error",
+            "code": "VALIDATION_ERROR",
+            "message": message,
+        }
     assert await admin.ok("store.count", bucket="metrics", filter=nested_and(5)) == 1
 
 
@@ -107,7 +116,10 @@ async def test_a_connection_that_does_not_log_in_in_time_is_closed(limits, conne
     idle = await connect()
     logged_in = await connect("viewer-token")
     assert await idle.communicator.receive_output(timeout=2) == {
-        "type": "websocket.close", "code": 4004, "reason": "login_timeout"}
+        "type": "websocket.close",
+        "code": 4004,
+        "reason": "login_timeout",
+    }
     assert (await logged_in.ok("auth.whoami"))["authenticated"] is True
 
 
@@ -119,7 +131,10 @@ async def test_not_logged_in_connections_have_a_lower_cap_per_address(limits, co
     refused.scope["client"] = ("10.9.8.7", 50000)
     assert (await refused.connect())[0]
     assert await refused.receive_output(timeout=2) == {
-        "type": "websocket.close", "code": 4003, "reason": "too_many_connections"}
+        "type": "websocket.close",
+        "code": 4003,
+        "reason": "too_many_connections",
+    }
     # Another address is not affected, and a login frees a place.
     await connect("viewer-token", address="10.9.8.8")
     await first.login("viewer-token")

@@ -1,4 +1,5 @@
 """Heartbeat: pings every interval, pongs keep the connection, silence closes it."""
+
 from __future__ import annotations
 
 import pytest
@@ -21,7 +22,10 @@ async def test_ping_answered_by_pong_keeps_connection(fast_heartbeat, connect):
         assert isinstance(ping["timestamp"], int)
         await client.send({"type": "pong", "timestamp": ping["timestamp"]})
     assert await client.ok("auth.whoami") == {
-        "authenticated": True, "userId": "viewer-1", "roles": ["viewer"], "expiresAt": None,
+        "authenticated": True,
+        "userId": "viewer-1",
+        "roles": ["viewer"],
+        "expiresAt": None,
     }
 
 

@@ -1,5 +1,6 @@
 """Configurable limits: each answered with an error frame (or the protocol's
 close code) while the server keeps serving."""
+
 from __future__ import annotations
 
 import asyncio
@@ -19,7 +20,10 @@ async def test_subscriptions_in_total(limits, connect):
     subs = [await first.ok("store.subscribe", query="metric-count") for _ in range(2)]
     await second.ok("store.subscribe", query="all-metrics")
     assert await second.request("store.subscribe", query="metric-count") == {
-        "id": 3, "type": "error", "code": "RATE_LIMITED", "message": "Subscription limit reached (max 3 in total)",
+        "id": 3,
+        "type": "error",
+        "code": "RATE_LIMITED",
+        "message": "Subscription limit reached (max 3 in total)",
     }
     await first.ok("store.unsubscribe", subscriptionId=subs[0]["subscriptionId"])
     assert (await second.ok("store.subscribe", query="metric-count"))["data"] == 0
@@ -34,8 +38,11 @@ async def test_requests_per_user_are_rate_limited(limits, connect):
     retry = reply.get("details", {}).get("retryAfterMs")
     assert isinstance(retry, int) and 1 <= retry <= 250
     assert reply == {
-        "id": 4, "type": "error", "code": "RATE_LIMITED",
-        "message": f"Rate limit exceeded. Retry after {retry}ms", "details": {"retryAfterMs": retry},
+        "id": 4,
+        "type": "error",
+        "code": "RATE_LIMITED",
+        "message": f"Rate limit exceeded. Retry after {retry}ms",
+        "details": {"retryAfterMs": retry},
     }
     await asyncio.sleep(retry / 1000)  # the limit is about time passing
     assert await client.ok("store.count", bucket="metrics") == 0
@@ -63,7 +70,10 @@ async def test_params_size(limits, connect):
     limits(MAX_PARAMS_BYTES=20)
     client = await connect("viewer-token")
     assert await client.request("store.subscribe", query="metrics-by-name", params={"name": "x" * 30}) == {
-        "id": 2, "type": "error", "code": "VALIDATION_ERROR", "message": 'Invalid "params": at most 20 bytes',
+        "id": 2,
+        "type": "error",
+        "code": "VALIDATION_ERROR",
+        "message": 'Invalid "params": at most 20 bytes',
     }
     assert (await client.ok("store.subscribe", query="metrics-by-name", params={"name": "cpu"}))["data"] == []
 
@@ -82,7 +92,10 @@ async def test_largest_n_and_limit(limits, connect, request_fields, field):
     client = await connect("viewer-token")
     kind = request_fields.pop("type")
     assert await client.request(kind, **request_fields) == {
-        "id": 2, "type": "error", "code": "VALIDATION_ERROR", "message": f'Invalid "{field}": at most 10',
+        "id": 2,
+        "type": "error",
+        "code": "VALIDATION_ERROR",
+        "message": f'Invalid "{field}": at most 10',
     }
     assert await client.ok("store.last", bucket="metrics", n=10) == []
 
@@ -92,7 +105,9 @@ async def test_operations_per_transaction(limits, connect):
     admin = await connect("admin-token")
     operations = [{"op": "insert", "bucket": "metrics", "data": metric(value=i)} for i in range(3)]
     assert await admin.request("store.transaction", operations=operations) == {
-        "id": 2, "type": "error", "code": "VALIDATION_ERROR",
+        "id": 2,
+        "type": "error",
+        "code": "VALIDATION_ERROR",
         "message": '"operations" may contain at most 2 operations',
     }
     assert await admin.ok("store.count", bucket="metrics") == 0
@@ -111,7 +126,9 @@ async def test_connections_per_address(limits, connect):
     connected, _ = await third.connect()
     assert connected  # accepted, so that the close code reaches the client
     assert await third.receive_output(timeout=2) == {
-        "type": "websocket.close", "code": 4003, "reason": "too_many_connections",
+        "type": "websocket.close",
+        "code": 4003,
+        "reason": "too_many_connections",
     }
     await third.disconnect()
     await first.communicator.disconnect()

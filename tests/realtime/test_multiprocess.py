@@ -7,6 +7,7 @@ management shell), a crash and restart of a process, and an outage of Redis
 must end with every viewer holding the query's committed result, pushed once.
 Fixtures: tests/servers.py.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -21,9 +22,9 @@ import pytest
 from websockets.exceptions import ConnectionClosedError, InvalidHandshake
 
 from tests.servers import (
+    LAYER_PROBE_SECONDS,
     PROJECT_DIR,
     START_TIMEOUT,
-    LAYER_PROBE_SECONDS,
     TIMEOUT,
     Client,
     Cluster,
@@ -62,8 +63,14 @@ def db_record(database, key_or_name: str, by: str = "key") -> dict:
     )
     key, name, value, unit, timestamp, version, created_at, updated_at = row
     return {
-        "id": key, "name": name, "value": value, "unit": unit, "timestamp": timestamp,
-        "_version": version, "_createdAt": created_at, "_updatedAt": updated_at,
+        "id": key,
+        "name": name,
+        "value": value,
+        "unit": unit,
+        "timestamp": timestamp,
+        "_version": version,
+        "_createdAt": created_at,
+        "_updatedAt": updated_at,
     }
 
 
@@ -77,8 +84,9 @@ def empty_store(database):
     """Each test starts with empty buckets and nothing derived from them (no
     subscriptions are live between tests, and record identities are never
     reused, so the servers' caches hold nothing stale)."""
-    database.execute("TRUNCATE metrics_metric, metrics_alert, metrics_metricnamestats, metrics_metricrollup, "
-                     "metrics_metrichorizon")
+    database.execute(
+        "TRUNCATE metrics_metric, metrics_alert, metrics_metricnamestats, metrics_metricrollup, metrics_metrichorizon"
+    )
 
 
 @pytest.fixture
@@ -148,7 +156,7 @@ async def test_count_pushes_never_repeat_on_either_process(servers, ws_connect):
             assert isinstance(frame["data"], int), frame
             assert not values or frame["data"] > values[-1], f"{viewer.name}: {values} then {frame['data']}"
             values.append(frame["data"])
-        assert 1 <= values[0] and values[-1] == 20
+        assert values[0] >= 1 and values[-1] == 20
     for viewer in viewers:
         assert await viewer.silent(0.3), f"{viewer.name} got more after 20: {viewer.pushes}"
 
@@ -183,7 +191,7 @@ async def test_transaction_is_one_change_and_a_failed_one_is_none(servers, ws_co
     assert [r["index"] for r in result["results"]] == list(range(3 + reads)), result
     records = [r["data"] for r in result["results"][:3]]
     assert [r["data"] for r in result["results"][3:]] == [3] * reads
-    for record, d in zip(records, data):
+    for record, d in zip(records, data, strict=False):
         stored(record, d)
 
     pushes = await viewer_b.pushes_by_subscription(3)
@@ -209,7 +217,9 @@ async def test_transaction_is_one_change_and_a_failed_one_is_none(servers, ws_co
         ],
     )
     assert reply == {
-        "id": reply["id"], "type": "error", "code": "NOT_FOUND",
+        "id": reply["id"],
+        "type": "error",
+        "code": "NOT_FOUND",
         "message": 'Record with key "no-such-key" not found in bucket "metrics"',
     }
     assert db_count(servers.database) == 3
@@ -272,7 +282,9 @@ class AdminSession:
 
 async def test_django_admin_writes_on_a_push_to_viewer_on_b(servers, ws_connect):
     await manage(
-        servers.env, "createsuperuser", "--noinput",
+        servers.env,
+        "createsuperuser",
+        "--noinput",
         extra_env={
             "DJANGO_SUPERUSER_USERNAME": "mp-admin",
             "DJANGO_SUPERUSER_PASSWORD": "mp-admin-password-8271",
@@ -292,7 +304,11 @@ async def test_django_admin_writes_on_a_push_to_viewer_on_b(servers, ws_connect)
     await asyncio.to_thread(admin.save, "/admin/metrics/metric/add/", {**form, "_save": "Save"})
     added = db_record(servers.database, "disk", by="name")
     assert {k: added[k] for k in ("name", "value", "unit", "timestamp", "_version")} == {
-        "name": "disk", "value": 55.5, "unit": "GB", "timestamp": 1706745600000, "_version": 1,
+        "name": "disk",
+        "value": 55.5,
+        "unit": "GB",
+        "timestamp": 1706745600000,
+        "_version": 1,
     }
     assert await viewer.pushes_by_subscription(3) == {
         count_sub: push_frame(count_sub, 1),
@@ -337,14 +353,20 @@ async def test_write_from_a_shell_process_pushes_to_both_servers(servers, ws_con
         subs.append((shell_sub, count_sub))
 
     await manage(
-        servers.env, "shell", "-c",
+        servers.env,
+        "shell",
+        "-c",
         "from metrics.models import Metric; Metric.objects.create(name='shell', value=1, timestamp=1)",
     )
     record = db_record(servers.database, "shell", by="name")
     assert {k: record[k] for k in ("name", "value", "unit", "timestamp", "_version")} == {
-        "name": "shell", "value": 1, "unit": "", "timestamp": 1, "_version": 1,
+        "name": "shell",
+        "value": 1,
+        "unit": "",
+        "timestamp": 1,
+        "_version": 1,
     }
-    for viewer, (shell_sub, count_sub) in zip(viewers, subs):
+    for viewer, (shell_sub, count_sub) in zip(viewers, subs, strict=False):
         assert await viewer.pushes_by_subscription(2) == {
             shell_sub: push_frame(shell_sub, [record]),
             count_sub: push_frame(count_sub, 1),
@@ -366,7 +388,7 @@ async def reconnect(url: str, name: str, timeout: float = START_TIMEOUT) -> tupl
         attempts += 1
         try:
             return await open_client(url, name), attempts
-        except (OSError, InvalidHandshake, asyncio.TimeoutError) as error:
+        except (TimeoutError, OSError, InvalidHandshake) as error:
             if loop.time() + delay > deadline:
                 raise AssertionError(f"{name}: no connection after {attempts} attempts: {error!r}") from error
             await asyncio.sleep(delay)
@@ -457,10 +479,16 @@ async def test_layer_outage_is_repaired_when_redis_returns(own_redis_cluster, ws
     # message is lost for certain, so only the hubs' repair can bring it to
     # A2 (which ignores its own messages, and has no other way to learn of it).
     shell = await asyncio.create_subprocess_exec(
-        sys.executable, "manage.py", "shell", "-c",
+        sys.executable,
+        "manage.py",
+        "shell",
+        "-c",
         "from metrics.models import Metric; Metric.objects.create(name='lost', value=1, timestamp=1)",
-        cwd=PROJECT_DIR, env=servers.env, stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=PROJECT_DIR,
+        env=servers.env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline = loop.time() + START_TIMEOUT

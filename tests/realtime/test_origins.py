@@ -1,4 +1,5 @@
 """Browser connections must come from an allowed host; other clients send no Origin."""
+
 from __future__ import annotations
 
 import pytest

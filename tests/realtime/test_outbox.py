@@ -1,5 +1,6 @@
 """The outbox drives any awaitable the ASGI `send` returns, in order, and says
 so when a send fails for another reason than a client that went away."""
+
 from __future__ import annotations
 
 import asyncio
@@ -61,7 +62,8 @@ async def test_an_unexpected_send_failure_is_logged_and_closes_the_outbox(caplog
         outbox.reply("a")
     assert outbox.closed
     assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
-        ("WARNING", "sending a frame failed; closing the connection's outbox")]
+        ("WARNING", "sending a frame failed; closing the connection's outbox")
+    ]
 
 
 async def test_a_client_that_went_away_is_not_a_warning(caplog):

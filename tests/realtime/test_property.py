@@ -1,9 +1,11 @@
 """Property (in the spirit of Zulip's verify_action): after any sequence of
 writes, every subscriber's last result equals a fresh evaluation of its query,
 and no push repeats the result sent before it."""
+
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import pytest
 from channels.layers import channel_layers
@@ -26,7 +28,7 @@ SUBSCRIPTIONS = [
 
 write = st.one_of(
     st.tuples(st.just("insert"), st.sampled_from(NAMES), st.integers(0, 100)),
-    st.tuples(st.just("update"), st.integers(0, 50), st.sampled_from(NAMES + [None]), st.integers(0, 100)),
+    st.tuples(st.just("update"), st.integers(0, 50), st.sampled_from([*NAMES, None]), st.integers(0, 100)),
     st.tuples(st.just("delete"), st.integers(0, 50)),
     st.tuples(st.just("alert"), st.sampled_from(["low", "medium", "high"])),
 )
@@ -42,7 +44,11 @@ def _operation(choice: tuple, keys: list[str]) -> dict | None:
     if kind == "insert":
         return {"op": "insert", "bucket": "metrics", "data": metric(choice[1], choice[2])}
     if kind == "alert":
-        return {"op": "insert", "bucket": "alerts", "data": {"metric": "cpu", "threshold": 1, "severity": choice[1], "timestamp": 1}}
+        return {
+            "op": "insert",
+            "bucket": "alerts",
+            "data": {"metric": "cpu", "threshold": 1, "severity": choice[1], "timestamp": 1},
+        }
     if not keys:
         return None
     key = keys[choice[1] % len(keys)]
@@ -106,12 +112,12 @@ async def _run(communicators_open, steps: list[tuple]) -> None:
         absorb([await viewer.push()])
     for subscription_id, (_, seen) in subs.items():
         assert seen[-1] == expected[subscription_id]
-        for before, after in zip(seen, seen[1:]):
+        for before, after in itertools.pairwise(seen):
             assert before != after, f"{subscription_id} received the same result twice in a row"
 
 
 def _track(keys: list[str], operations: list[dict], results: list) -> None:
-    for operation, result in zip(operations, results):
+    for operation, result in zip(operations, results, strict=False):
         if operation["op"] == "insert" and operation["bucket"] == "metrics":
             keys.append(result["id"])
         elif operation["op"] == "delete" and operation["key"] in keys:

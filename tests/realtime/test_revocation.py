@@ -1,12 +1,12 @@
 """Revoking a token ends the live sessions opened with it (system frame, 4002)."""
+
 from __future__ import annotations
 
 import pytest
 from asgiref.sync import sync_to_async
 
-from realtime.auth import sessions_revoked
+from realtime.auth import Session, sessions_revoked
 from realtime.hub import get_hub
-from realtime.auth import Session
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -34,9 +34,14 @@ async def test_revocation_closes_only_matching_sessions(tokens, connect):
     await sync_to_async(sessions_revoked.send)(sender=None, token_ids=["1"], reason="token revoked")
     assert await alice.receive() == {"type": "system", "event": "session_revoked", "reason": "token revoked"}
     assert await alice.communicator.receive_output(timeout=2) == {
-        "type": "websocket.close", "code": 4002, "reason": "session_revoked",
+        "type": "websocket.close",
+        "code": 4002,
+        "reason": "session_revoked",
     }
     assert hub.queries.live == {}
     assert await bob.ok("auth.whoami") == {
-        "authenticated": True, "userId": "bob", "roles": ["viewer"], "expiresAt": None,
+        "authenticated": True,
+        "userId": "bob",
+        "roles": ["viewer"],
+        "expiresAt": None,
     }

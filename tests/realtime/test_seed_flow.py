@@ -1,5 +1,6 @@
 """The seed's worked example (the flow of README.md's "Try the seed flow by
 hand"), frame by frame."""
+
 from __future__ import annotations
 
 import time
@@ -54,9 +55,7 @@ async def test_seed_flow_steps_1_to_6(connect):
     assert all(s.startswith("sub-") and s[4:].isdigit() for s in (sub_all, sub_cpu, sub_count))
 
     # Step 3: the admin pushes a metric; the viewer gets three pushes.
-    inserted = await admin.request(
-        "store.insert", bucket="metrics", data=metric("cpu", 72.5, "%", 1706745600000)
-    )
+    inserted = await admin.request("store.insert", bucket="metrics", data=metric("cpu", 72.5, "%", 1706745600000))
     record = inserted["data"]
     assert inserted["id"] == 2 and inserted["type"] == "result"
     assert without_times(record) == {
@@ -99,12 +98,20 @@ async def test_seed_flow_steps_1_to_6(connect):
     memory, cpu2 = (r["data"] for r in batch["data"]["results"])
     assert [r["index"] for r in batch["data"]["results"]] == [0, 1]
     assert without_times(memory) == {
-        "id": memory["id"], "name": "memory", "value": 4200, "unit": "MB",
-        "timestamp": 1706745660000, "_version": 1,
+        "id": memory["id"],
+        "name": "memory",
+        "value": 4200,
+        "unit": "MB",
+        "timestamp": 1706745660000,
+        "_version": 1,
     }
     assert without_times(cpu2) == {
-        "id": cpu2["id"], "name": "cpu", "value": 68.1, "unit": "%",
-        "timestamp": 1706745660000, "_version": 1,
+        "id": cpu2["id"],
+        "name": "cpu",
+        "value": 68.1,
+        "unit": "%",
+        "timestamp": 1706745660000,
+        "_version": 1,
     }
     pushes = {p["subscriptionId"]: p for p in [await viewer.push() for _ in range(3)]}
     assert pushes == {
@@ -116,10 +123,14 @@ async def test_seed_flow_steps_1_to_6(connect):
 
     # Step 6: clean up.
     assert await viewer.request("store.unsubscribe", subscriptionId=sub_all) == {
-        "id": 6, "type": "result", "data": {"unsubscribed": True},
+        "id": 6,
+        "type": "result",
+        "data": {"unsubscribed": True},
     }
     assert await admin.request("store.clear", bucket="metrics") == {
-        "id": 4, "type": "result", "data": {"cleared": True},
+        "id": 4,
+        "type": "result",
+        "data": {"cleared": True},
     }
     pushes = {p["subscriptionId"]: p for p in [await viewer.push() for _ in range(2)]}
     assert pushes == {sub_cpu: push(sub_cpu, []), sub_count: push(sub_count, 0)}
@@ -130,9 +141,7 @@ async def test_seed_alerts_exercise(connect):
     admin = await connect("admin-token")
     viewer = await connect("viewer-token")
     alerts_sub = (await viewer.ok("store.subscribe", query="active-alerts"))["subscriptionId"]
-    cpu_sub = (await viewer.ok("store.subscribe", query="metrics-by-name", params={"name": "cpu"}))[
-        "subscriptionId"
-    ]
+    cpu_sub = (await viewer.ok("store.subscribe", query="metrics-by-name", params={"name": "cpu"}))["subscriptionId"]
 
     result = await admin.ok(
         "store.transaction",
@@ -147,8 +156,12 @@ async def test_seed_alerts_exercise(connect):
     )
     cpu, alert = (r["data"] for r in result["results"])
     assert without_times(alert) == {
-        "id": alert["id"], "metric": "cpu", "threshold": 90, "severity": "high",
-        "timestamp": 1706745720000, "_version": 1,
+        "id": alert["id"],
+        "metric": "cpu",
+        "threshold": 90,
+        "severity": "high",
+        "timestamp": 1706745720000,
+        "_version": 1,
     }
     pushes = {p["subscriptionId"]: p for p in [await viewer.push() for _ in range(2)]}
     assert pushes == {alerts_sub: push(alerts_sub, [alert]), cpu_sub: push(cpu_sub, [cpu])}

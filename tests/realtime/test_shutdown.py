@@ -1,5 +1,6 @@
 """Graceful shutdown of a real server process: the system frame, then close
 1000 server_shutdown; connections opened meanwhile are turned away."""
+
 from __future__ import annotations
 
 import json

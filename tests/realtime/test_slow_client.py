@@ -1,5 +1,6 @@
 """A viewer that stops reading must not grow the server's memory without
 bound or hold up other viewers (real server process, real sockets)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -14,9 +15,10 @@ pytestmark = pytest.mark.multiprocess
 
 
 def rss_mib(pid: int) -> float:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
     raise AssertionError("no VmRSS")
 
 
@@ -55,8 +57,11 @@ async def test_stalled_reader_keeps_memory_bounded_and_others_served(tmp_path):
         peak = before
         for batch in range(200):  # 10,000 metrics, 50 per transaction
             operations = [
-                {"op": "insert", "bucket": "metrics",
-                 "data": {"name": f"m{i % 7}", "value": i, "unit": "u", "timestamp": 1_700_000_000_000 + i}}
+                {
+                    "op": "insert",
+                    "bucket": "metrics",
+                    "data": {"name": f"m{i % 7}", "value": i, "unit": "u", "timestamp": 1_700_000_000_000 + i},
+                }
                 for i in range(batch * 50, (batch + 1) * 50)
             ]
             await admin.send(json.dumps({"id": 10 + batch, "type": "store.transaction", "operations": operations}))

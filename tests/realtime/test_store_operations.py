@@ -1,5 +1,6 @@
 """The happy path of every store operation of docs/protocol.md, through the real
 ASGI application, asserting whole results."""
+
 from __future__ import annotations
 
 import time
@@ -117,10 +118,14 @@ async def test_insert_alert_defaults_severity_to_low(admin, clock):
 async def test_get(admin, clock):
     record = await admin.ok("store.insert", bucket="metrics", data={"id": "5", **metric()})
     assert await admin.request("store.get", bucket="metrics", key="5") == {
-        "id": 3, "type": "result", "data": record,
+        "id": 3,
+        "type": "result",
+        "data": record,
     }
     assert await admin.request("store.get", bucket="metrics", key="missing") == {
-        "id": 4, "type": "result", "data": None,
+        "id": 4,
+        "type": "result",
+        "data": None,
     }
     # Keys are strings: a number never names the record "5".
     assert await admin.request("store.get", bucket="metrics", key=5) == {"id": 5, "type": "result", "data": None}
@@ -164,15 +169,19 @@ async def test_update_alert_severity(admin, clock):
 
 
 async def test_delete(admin, clock):
-    first, second = await insert_all(admin, {"id": "a", **metric("cpu")}, {"id": "b", **metric("disk")})
+    _first, second = await insert_all(admin, {"id": "a", **metric("cpu")}, {"id": "b", **metric("disk")})
     assert await admin.request("store.delete", bucket="metrics", key="a") == {
-        "id": 4, "type": "result", "data": {"deleted": True},
+        "id": 4,
+        "type": "result",
+        "data": {"deleted": True},
     }
     assert await admin.ok("store.get", bucket="metrics", key="a") is None
     assert await admin.ok("store.all", bucket="metrics") == [second]
     # Deleting what is not there succeeds too.
     assert await admin.request("store.delete", bucket="metrics", key="a") == {
-        "id": 7, "type": "result", "data": {"deleted": True},
+        "id": 7,
+        "type": "result",
+        "data": {"deleted": True},
     }
     assert await admin.ok("store.delete", bucket="metrics", key="never") == {"deleted": True}
     assert await admin.ok("store.delete", bucket="metrics", key=5) == {"deleted": True}
@@ -183,7 +192,9 @@ async def test_clear(admin, clock):
     await insert_all(admin, metric("cpu"), metric("disk"))
     alert = await admin.ok("store.insert", bucket="alerts", data={"metric": "cpu", "threshold": 1, "timestamp": 1})
     assert await admin.request("store.clear", bucket="metrics") == {
-        "id": 5, "type": "result", "data": {"cleared": True},
+        "id": 5,
+        "type": "result",
+        "data": {"cleared": True},
     }
     assert await admin.ok("store.all", bucket="metrics") == []
     assert await admin.ok("store.count", bucket="metrics") == 0
@@ -198,7 +209,9 @@ async def test_clear(admin, clock):
 
 
 async def test_all_keeps_insertion_order_after_updates(admin, clock):
-    a, b, c = await insert_all(admin, {"id": "z", **metric("a")}, {"id": "y", **metric("b")}, {"id": "x", **metric("c")})
+    a, b, c = await insert_all(
+        admin, {"id": "z", **metric("a")}, {"id": "y", **metric("b")}, {"id": "x", **metric("c")}
+    )
     assert await admin.request("store.all", bucket="metrics") == {"id": 5, "type": "result", "data": [a, b, c]}
     clock.now = T0 + 5
     a2 = await admin.ok("store.update", bucket="metrics", key="z", data={"value": 1})
@@ -212,19 +225,25 @@ async def test_where_find_one_and_count(admin, clock):
         admin, metric("cpu", 72.5), metric("memory", 4200, "MB"), metric("cpu", 95.2), metric("disk", 10, "GB")
     )
     assert await admin.request("store.where", bucket="metrics", filter={"name": "cpu"}) == {
-        "id": 6, "type": "result", "data": [cpu1, cpu2],
+        "id": 6,
+        "type": "result",
+        "data": [cpu1, cpu2],
     }
     assert await admin.ok("store.where", bucket="metrics", filter={"value": {"$gt": 80}}) == [memory, cpu2]
     assert await admin.ok("store.where", bucket="metrics", filter={"name": "net"}) == []
     assert await admin.ok("store.where", bucket="metrics", filter={}) == [cpu1, memory, cpu2, disk]
 
     assert await admin.request("store.findOne", bucket="metrics", filter={"name": "cpu"}) == {
-        "id": 10, "type": "result", "data": cpu1,
+        "id": 10,
+        "type": "result",
+        "data": cpu1,
     }
     assert await admin.ok("store.findOne", bucket="metrics", filter={"value": {"$gt": 80}}) == memory
     assert await admin.ok("store.findOne", bucket="metrics", filter={"unit": "GB"}) == disk
     assert await admin.request("store.findOne", bucket="metrics", filter={"name": "net"}) == {
-        "id": 13, "type": "result", "data": None,
+        "id": 13,
+        "type": "result",
+        "data": None,
     }
 
     assert await admin.request("store.count", bucket="metrics") == {"id": 14, "type": "result", "data": 4}
@@ -257,39 +276,54 @@ async def test_paginate_walks_every_page(admin, clock):
         "data": {"records": records[0:2], "hasMore": True, "nextCursor": keys[1]},
     }
     assert await admin.ok("store.paginate", bucket="metrics", limit=2, after=keys[1]) == {
-        "records": records[2:4], "hasMore": True, "nextCursor": keys[3],
+        "records": records[2:4],
+        "hasMore": True,
+        "nextCursor": keys[3],
     }
     # The last page still names its last record.
     assert await admin.ok("store.paginate", bucket="metrics", limit=2, after=keys[3]) == {
-        "records": records[4:5], "hasMore": False, "nextCursor": keys[4],
+        "records": records[4:5],
+        "hasMore": False,
+        "nextCursor": keys[4],
     }
     assert await admin.ok("store.paginate", bucket="metrics", limit=2, after=keys[4]) == {
-        "records": [], "hasMore": False,
+        "records": [],
+        "hasMore": False,
     }
     # A page that ends exactly at the end has no more after it.
     assert await admin.ok("store.paginate", bucket="metrics", limit=3, after=keys[1]) == {
-        "records": records[2:5], "hasMore": False, "nextCursor": keys[4],
+        "records": records[2:5],
+        "hasMore": False,
+        "nextCursor": keys[4],
     }
     assert await admin.ok("store.paginate", bucket="metrics", limit=10) == {
-        "records": records, "hasMore": False, "nextCursor": keys[4],
+        "records": records,
+        "hasMore": False,
+        "nextCursor": keys[4],
     }
     # After an unknown key: an empty page.
     assert await admin.ok("store.paginate", bucket="metrics", limit=2, after="no-such-key") == {
-        "records": [], "hasMore": False,
+        "records": [],
+        "hasMore": False,
     }
     # "after" a key deleted meanwhile is unknown too.
     await admin.ok("store.delete", bucket="metrics", key=keys[2])
     assert await admin.ok("store.paginate", bucket="metrics", limit=2, after=keys[2]) == {
-        "records": [], "hasMore": False,
+        "records": [],
+        "hasMore": False,
     }
     assert await admin.ok("store.paginate", bucket="metrics", limit=2, after=keys[1]) == {
-        "records": records[3:5], "hasMore": False, "nextCursor": keys[4],
+        "records": records[3:5],
+        "hasMore": False,
+        "nextCursor": keys[4],
     }
 
 
 async def test_paginate_empty_bucket(admin):
     assert await admin.request("store.paginate", bucket="alerts", limit=2) == {
-        "id": 2, "type": "result", "data": {"records": [], "hasMore": False},
+        "id": 2,
+        "type": "result",
+        "data": {"records": [], "hasMore": False},
     }
 
 
@@ -318,7 +352,9 @@ async def test_aggregates(admin, clock):
         return await admin.ok(f"store.{op}", bucket="metrics", field=field, **filter_spec)
 
     assert await admin.request("store.sum", bucket="metrics", field="value") == {
-        "id": 6, "type": "result", "data": 4360,
+        "id": 6,
+        "type": "result",
+        "data": 4360,
     }
     assert await aggregate("avg", "value") == 1090
     assert await aggregate("min", "value") == -8
@@ -341,11 +377,15 @@ async def test_aggregates(admin, clock):
     # Of nothing: sum and avg 0, min and max null.
     nothing = {"filter": {"name": "net"}}
     assert await admin.request("store.sum", bucket="metrics", field="value", **nothing) == {
-        "id": 23, "type": "result", "data": 0,
+        "id": 23,
+        "type": "result",
+        "data": 0,
     }
     assert await aggregate("avg", "value", **nothing) == 0
     assert await admin.request("store.min", bucket="metrics", field="value", **nothing) == {
-        "id": 25, "type": "result", "data": None,
+        "id": 25,
+        "type": "result",
+        "data": None,
     }
     assert await aggregate("max", "value", **nothing) is None
     assert await admin.ok("store.sum", bucket="alerts", field="threshold") == 0
@@ -360,7 +400,9 @@ async def test_aggregates(admin, clock):
 
 async def test_buckets(admin):
     assert await admin.request("store.buckets") == {
-        "id": 2, "type": "result", "data": {"count": 2, "names": ["metrics", "alerts"]},
+        "id": 2,
+        "type": "result",
+        "data": {"count": 2, "names": ["metrics", "alerts"]},
     }
 
 
@@ -438,7 +480,7 @@ async def test_transaction_results_in_order(admin, clock):
 
 
 async def test_transaction_reads_see_its_own_updates_and_deletes(admin, clock):
-    a, b = await insert_all(admin, {"id": "a", **metric("cpu", 1)}, {"id": "b", **metric("cpu", 2)})
+    _a, b = await insert_all(admin, {"id": "a", **metric("cpu", 1)}, {"id": "b", **metric("cpu", 2)})
     clock.now = T0 + 10
     result = await admin.ok(
         "store.transaction",
@@ -482,6 +524,8 @@ async def test_transaction_reads_see_its_own_updates_and_deletes(admin, clock):
 
 async def test_transaction_single_read(admin, clock):
     record = await admin.ok("store.insert", bucket="metrics", data={"id": "k", **metric()})
-    assert await admin.request(
-        "store.transaction", operations=[{"op": "get", "bucket": "metrics", "key": "k"}]
-    ) == {"id": 3, "type": "result", "data": {"results": [{"index": 0, "data": record}]}}
+    assert await admin.request("store.transaction", operations=[{"op": "get", "bucket": "metrics", "key": "k"}]) == {
+        "id": 3,
+        "type": "result",
+        "data": {"results": [{"index": 0, "data": record}]},
+    }

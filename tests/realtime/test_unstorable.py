@@ -3,6 +3,7 @@ surrogates, which no driver can encode) get the same answer on every
 database: VALIDATION_ERROR with the request's id, nothing written, and the
 connection still usable. Run on SQLite and on PostgreSQL (./dev test).
 """
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,11 @@ PLACES: dict[str, dict[str, Any]] = {
     "insert unit": {"type": "store.insert", "bucket": "metrics", "data": {**metric(), "unit": "X"}},
     "insert data key": {"type": "store.insert", "bucket": "metrics", "data": {**metric(), "X": 1}},
     "insert id": {"type": "store.insert", "bucket": "metrics", "data": {**metric(), "id": "X"}},
-    "insert alert": {"type": "store.insert", "bucket": "alerts",
-                     "data": {"metric": "cpu", "threshold": 1, "severity": "X", "timestamp": 1}},
+    "insert alert": {
+        "type": "store.insert",
+        "bucket": "alerts",
+        "data": {"metric": "cpu", "threshold": 1, "severity": "X", "timestamp": 1},
+    },
     "update value": {"type": "store.update", "bucket": "metrics", "key": KEY, "data": {"unit": "X"}},
     "update data key": {"type": "store.update", "bucket": "metrics", "key": KEY, "data": {"X": "%"}},
     "update key": {"type": "store.update", "bucket": "metrics", "key": "X", "data": {"unit": "%"}},
@@ -55,14 +59,22 @@ PLACES: dict[str, dict[str, Any]] = {
     "subscribe param": {"type": "store.subscribe", "query": "metrics-by-name", "params": {"name": "X"}},
     "subscribe param key": {"type": "store.subscribe", "query": "all-metrics", "params": {"X": 1}},
     "subscribe query": {"type": "store.subscribe", "query": "X"},
-    "transaction insert": {"type": "store.transaction", "operations": [
-        {"op": "insert", "bucket": "metrics", "data": metric(name="fine")},
-        {"op": "insert", "bucket": "metrics", "data": metric(name="X")}]},
-    "transaction update": {"type": "store.transaction", "operations": [
-        {"op": "update", "bucket": "metrics", "key": KEY, "data": {"unit": "X"}}]},
+    "transaction insert": {
+        "type": "store.transaction",
+        "operations": [
+            {"op": "insert", "bucket": "metrics", "data": metric(name="fine")},
+            {"op": "insert", "bucket": "metrics", "data": metric(name="X")},
+        ],
+    },
+    "transaction update": {
+        "type": "store.transaction",
+        "operations": [{"op": "update", "bucket": "metrics", "key": KEY, "data": {"unit": "X"}}],
+    },
     "transaction get": {"type": "store.transaction", "operations": [{"op": "get", "bucket": "metrics", "key": "X"}]},
-    "transaction where": {"type": "store.transaction", "operations": [
-        {"op": "where", "bucket": "metrics", "filter": {"name": "X"}}]},
+    "transaction where": {
+        "type": "store.transaction",
+        "operations": [{"op": "where", "bucket": "metrics", "filter": {"name": "X"}}],
+    },
     "bucket": {"type": "store.all", "bucket": "X"},
     "operation": {"type": "X"},
     "unknown field": {"type": "auth.whoami", "note": "X"},
@@ -120,23 +132,46 @@ async def test_refused_for_a_viewer_and_before_login_too(connect, place):
     await anonymous.send_text(with_string(PLACES[place], 6, "\ud800"))
     assert await anonymous.receive() == refused(6)
     assert await anonymous.request("store.count", bucket="metrics") == {
-        "id": 1, "type": "error", "code": "UNAUTHORIZED", "message": "Authentication required"}
+        "id": 1,
+        "type": "error",
+        "code": "UNAUTHORIZED",
+        "message": "Authentication required",
+    }
     assert await viewer.ok("store.count", bucket="metrics") == 0
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    # Before the id is known the parsing order of the protocol decides, with id 0.
-    ('{"type":"\\u0000"}', {"id": 0, "type": "error", "code": "INVALID_REQUEST",
-                            "message": 'Request must include finite numeric "id"'}),
-    ('{"id":"\\ud800","type":"store.all","bucket":"metrics"}',
-     {"id": 0, "type": "error", "code": "INVALID_REQUEST", "message": 'Request must include finite numeric "id"'}),
-    ('"\\u0000"', {"id": 0, "type": "error", "code": "PARSE_ERROR", "message": "Message must be a JSON object"}),
-    ('["\\ud800"]', {"id": 0, "type": "error", "code": "PARSE_ERROR", "message": "Message must be a JSON object"}),
-    ('{"id":1,"type":"store.all","bucket":"\u0000"}',  # a raw control character is not JSON
-     {"id": 0, "type": "error", "code": "PARSE_ERROR", "message": "Invalid JSON"}),
-    # Upper-case escapes and a fractional id (echoed as sent).
-    ('{"id":2.5,"type":"store.get","bucket":"metrics","key":"\\uDBFF"}', refused(2.5)),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # Before the id is known the parsing order of the protocol decides, with id 0.
+        (
+            '{"type":"\\u0000"}',
+            {
+                "id": 0,
+                "type": "error",
+                "code": "INVALID_REQUEST",
+                "message": 'Request must include finite numeric "id"',
+            },
+        ),
+        (
+            '{"id":"\\ud800","type":"store.all","bucket":"metrics"}',
+            {
+                "id": 0,
+                "type": "error",
+                "code": "INVALID_REQUEST",
+                "message": 'Request must include finite numeric "id"',
+            },
+        ),
+        ('"\\u0000"', {"id": 0, "type": "error", "code": "PARSE_ERROR", "message": "Message must be a JSON object"}),
+        ('["\\ud800"]', {"id": 0, "type": "error", "code": "PARSE_ERROR", "message": "Message must be a JSON object"}),
+        (
+            '{"id":1,"type":"store.all","bucket":"\u0000"}',  # a raw control character is not JSON
+            {"id": 0, "type": "error", "code": "PARSE_ERROR", "message": "Invalid JSON"},
+        ),
+        # Upper-case escapes and a fractional id (echoed as sent).
+        ('{"id":2.5,"type":"store.get","bucket":"metrics","key":"\\uDBFF"}', refused(2.5)),
+    ],
+)
 async def test_before_the_id_is_known_the_parsing_order_decides(admin, text, expected):
     client, before = admin
     await client.send_text(text)

@@ -1,6 +1,7 @@
 """Frames written straight to uvicorn's transport (realtime/wire.py): byte
 for byte what the WebSocket parser expects, used only when the connection is
 plain, open and writable, and the ASGI path otherwise."""
+
 from __future__ import annotations
 
 import asyncio
@@ -40,7 +41,7 @@ def parse_server_frame(data: bytes) -> Frame:
 
 @pytest.mark.parametrize("length", [0, 1, 125, 126, 127, 65535, 65536, 70_000, 2_000_000])
 def test_header_and_payload_parse_as_one_final_text_frame(length):
-    payload = (b"x" * length)
+    payload = b"x" * length
     frame = parse_server_frame(wire.text_frame_header(length) + payload)
     assert (frame.opcode, frame.fin, frame.rsv1, frame.rsv2, frame.rsv3) == (Opcode.TEXT, True, False, False, False)
     assert frame.data == payload
@@ -62,8 +63,9 @@ class InProcessServer:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
-        config = uvicorn.Config(application, host="127.0.0.1", port=self.port, ws="websockets-sansio",
-                                lifespan="off", log_level="warning")
+        config = uvicorn.Config(
+            application, host="127.0.0.1", port=self.port, ws="websockets-sansio", lifespan="off", log_level="warning"
+        )
         self.server = uvicorn.Server(config)
         self.task: asyncio.Task | None = None
 
@@ -73,7 +75,7 @@ class InProcessServer:
 
     async def __aenter__(self) -> InProcessServer:
         self.task = asyncio.create_task(self.server.serve())
-        while not self.server.started:
+        while not self.server.started:  # noqa: ASYNC110  (uvicorn offers no event for it)
             await asyncio.sleep(0.01)
         return self
 
@@ -109,8 +111,9 @@ async def every_header_size(url: str, after_login=None) -> None:
     written: list[dict] = []
     for count, unit_length in ((1, 1), (1, 100), (160, 200), (200, 400)):
         rows = [metric(name=f"m{len(written) + i}", unit="u" * unit_length) for i in range(count)]
-        result = await admin.ok("store.transaction",
-                                operations=[{"op": "insert", "bucket": "metrics", "data": row} for row in rows])
+        result = await admin.ok(
+            "store.transaction", operations=[{"op": "insert", "bucket": "metrics", "data": row} for row in rows]
+        )
         written.extend(r["data"] for r in result["results"])
         push = await viewer.push()
         assert push == push_frame(subscription_id, sorted_like(push["data"], written))
@@ -208,7 +211,8 @@ async def test_another_uvicorn_than_the_pinned_one_gets_the_asgi_send_and_one_wa
                 await viewer.close()
     assert [r.getMessage() for r in caplog.records if r.name == "realtime.wire"] == [
         f"uvicorn {uvicorn.__version__} is not the pinned 0.0.0: pushes go through the ASGI send "
-        "(slower at many viewers)"]
+        "(slower at many viewers)"
+    ]
 
 
 def test_the_pinned_uvicorn_is_the_installed_one():

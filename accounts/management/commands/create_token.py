@@ -1,4 +1,5 @@
 """manage.py create_token --user NAME --role viewer [--expires 30d] [--label TEXT]: issue an API token."""
+
 from __future__ import annotations
 
 import re
@@ -24,23 +25,27 @@ def parse_duration(text: str) -> timedelta:
 
 
 class Command(BaseCommand):
-    help = (
-        "Issues an API token for a user and prints it on standard output, once: "
-        "only its hash is stored."
-    )
+    help = "Issues an API token for a user and prints it on standard output, once: only its hash is stored."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--user", required=True, help="username of an existing user")
-        parser.add_argument("--role", required=True, help=f"one of the known roles (default: {', '.join(known_roles())})")
+        parser.add_argument(
+            "--role", required=True, help=f"one of the known roles (default: {', '.join(known_roles())})"
+        )
         parser.add_argument("--expires", help="lifetime, e.g. 30d, 12h, 2w (default: never expires)")
         parser.add_argument("--label", default="", help="what the token is for")
-        parser.add_argument("--create-user", action="store_true", help="create the user (without a password) if missing")
+        parser.add_argument(
+            "--create-user", action="store_true", help="create the user (without a password) if missing"
+        )
 
-    def handle(self, *args, user: str, role: str, expires: str | None, label: str,
-               create_user: bool, **options) -> None:
+    def handle(
+        self, *args, user: str, role: str, expires: str | None, label: str, create_user: bool, **options
+    ) -> None:
         if role not in known_roles():
-            raise CommandError(f"unknown role {role!r}: expected one of {', '.join(known_roles())} "
-                               "(other roles need a rule in DASHBOARD['ROLE_RULES'])")
+            raise CommandError(
+                f"unknown role {role!r}: expected one of {', '.join(known_roles())} "
+                "(other roles need a rule in DASHBOARD['ROLE_RULES'])"
+            )
         try:
             expires_at = timezone.now() + parse_duration(expires) if expires else None
         except ValueError as error:
@@ -60,6 +65,8 @@ class Command(BaseCommand):
             raise CommandError("; ".join(error.messages)) from None
         expiry = f"expires {token.expires_at.isoformat()}" if token.expires_at else "never expires"
         # Details on stderr, the token alone on stdout: TOKEN=$(manage.py create_token ...)
-        self.stderr.write(f"Token {token.pk} for {owner.get_username()}, role {role}, {expiry}. "
-                          "Store it now: it cannot be shown again.")
+        self.stderr.write(
+            f"Token {token.pk} for {owner.get_username()}, role {role}, {expiry}. "
+            "Store it now: it cannot be shown again."
+        )
         self.stdout.write(raw)

@@ -1,4 +1,5 @@
 """manage.py seed_demo [--force]: the seed's demo tokens, for development and tests."""
+
 from __future__ import annotations
 
 from django.conf import settings
@@ -15,7 +16,8 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
-            "--force", action="store_true",
+            "--force",
+            action="store_true",
             help="run even with DEBUG off (benchmarks): anyone can use these tokens",
         )
 
@@ -26,5 +28,5 @@ class Command(BaseCommand):
                 "server to anyone. Use create_token, or pass --force for a throwaway server."
             )
         tokens = demo_tokens_seed()
-        for raw, token in zip(DEMO_TOKENS, tokens):
+        for raw, token in zip(DEMO_TOKENS, tokens, strict=False):
             self.stdout.write(f"{raw}: user {token.user.get_username()}, role {token.role}")

@@ -1,4 +1,5 @@
 """Retention: deletes old raw metrics, and old tier buckets, in bounded batches."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -23,12 +24,27 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--older-than", type=duration_argument, default=None, metavar="DURATION",
-                            help="age of the raw metrics to delete, e.g. 7d, 12h, 30m")
-        parser.add_argument("--keep-per-name", type=int, default=None, metavar="N",
-                            help="always keep the newest N metrics of each name, even if older")
-        parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, metavar="ROWS",
-                            help=f"rows per transaction (default {DEFAULT_BATCH})")
+        parser.add_argument(
+            "--older-than",
+            type=duration_argument,
+            default=None,
+            metavar="DURATION",
+            help="age of the raw metrics to delete, e.g. 7d, 12h, 30m",
+        )
+        parser.add_argument(
+            "--keep-per-name",
+            type=int,
+            default=None,
+            metavar="N",
+            help="always keep the newest N metrics of each name, even if older",
+        )
+        parser.add_argument(
+            "--batch-size",
+            type=int,
+            default=DEFAULT_BATCH,
+            metavar="ROWS",
+            help=f"rows per transaction (default {DEFAULT_BATCH})",
+        )
         parser.add_argument("--raw-only", action="store_true", help="leave the tiers alone")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -50,8 +66,9 @@ class Command(BaseCommand):
         by_tier = retention_ms_by_tier(retention)
         deleted_buckets = prune_tiers(retention_ms=by_tier, batch=options["batch_size"])
         parts = [
-            f"{derived.TIER_NAMES[res]}: {deleted_buckets[res]} older than {format_duration(by_tier[res] / 1000)}"
-            if by_tier[res] is not None else f"{derived.TIER_NAMES[res]}: kept for ever"
+            f"{derived.TIER_NAMES[res]}: kept for ever"
+            if (keep_ms := by_tier[res]) is None
+            else f"{derived.TIER_NAMES[res]}: {deleted_buckets[res]} older than {format_duration(keep_ms / 1000)}"
             for res in derived.TIERS
         ]
         self.stdout.write("tier buckets deleted: " + ", ".join(parts))

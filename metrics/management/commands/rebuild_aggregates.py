@@ -1,4 +1,5 @@
 """Recomputes the tables derived from the raw readings (per-name figures, tiers)."""
+
 from __future__ import annotations
 
 import math
@@ -21,7 +22,7 @@ def _close(a: tuple, b: tuple) -> bool:
     deltas differ from a fresh sum in the last bits)."""
     if len(a) != len(b):
         return False
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=False):
         if isinstance(x, float) or isinstance(y, float):
             if not math.isclose(float(x), float(y), rel_tol=1e-9, abs_tol=1e-6):
                 return False
@@ -49,8 +50,11 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--check", action="store_true",
-                            help="report where the maintained tables differ from a recomputation; exit 1 if they do")
+        parser.add_argument(
+            "--check",
+            action="store_true",
+            help="report where the maintained tables differ from a recomputation; exit 1 if they do",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         started = time.monotonic()
@@ -60,8 +64,9 @@ class Command(BaseCommand):
         with transaction.atomic():
             derived.rebuild()
             note_change("metrics", None)
-        self.stdout.write(f"rebuilt per-name figures and {len(derived.TIERS)} tiers in "
-                          f"{time.monotonic() - started:.1f} s")
+        self.stdout.write(
+            f"rebuilt per-name figures and {len(derived.TIERS)} tiers in {time.monotonic() - started:.1f} s"
+        )
 
     def _check(self) -> None:
         stored_stats, stored_tiers = derived.stored_stats(), derived.stored_rollups()
@@ -77,5 +82,6 @@ class Command(BaseCommand):
             self.stdout.write(line)
         if found:
             raise CommandError(f"{len(found)} derived row(s) differ from the readings")
-        self.stdout.write(f"per-name figures ({len(stored_stats)} names) and tiers ({len(stored_tiers)} buckets) "
-                          f"match the readings")
+        self.stdout.write(
+            f"per-name figures ({len(stored_stats)} names) and tiers ({len(stored_tiers)} buckets) match the readings"
+        )
