@@ -35,6 +35,7 @@ result; active-alerts (nothing writes alerts) gets no push; the transaction resu
 records sent.  Figures are printed per database and size, then against issue 12's targets, and
 one BENCH_JSON line per case.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,8 +61,25 @@ from typing import Any
 
 import servers
 from loadclient import (
-    ADMIN_TOKEN, VIEWER_TOKEN, Conn, PhaseMeter, RequestFailed, RunResult, Subscription, Viewer, await_final, brief,
-    busy_processes, default_origin, linger, ms, percentile, process_tree, result_data, settle, spec_label,
+    ADMIN_TOKEN,
+    VIEWER_TOKEN,
+    Conn,
+    PhaseMeter,
+    RequestFailed,
+    RunResult,
+    Subscription,
+    Viewer,
+    await_final,
+    brief,
+    busy_processes,
+    default_origin,
+    linger,
+    ms,
+    percentile,
+    process_tree,
+    result_data,
+    settle,
+    spec_label,
 )
 from soak import BackendMeter
 
@@ -70,15 +88,36 @@ QuerySpec = tuple[str, dict[str, JSON] | None]
 
 # Like realtime/collector.py's names, with the units the brief of issue 12's S5 gives them.
 METRIC_NAMES: tuple[tuple[str, str], ...] = (
-    ("host.cpu", "%"), ("host.load1", ""), ("host.mem.used", "B"), ("host.mem.available", "B"),
-    ("host.disk.read", "B/s"), ("host.disk.write", "B/s"), ("host.net.rx", "B/s"), ("host.net.tx", "B/s"),
-    ("host.swap.used", "B"), ("host.procs", ""), ("host.temp", "C"), ("host.uptime", "s"),
+    ("host.cpu", "%"),
+    ("host.load1", ""),
+    ("host.mem.used", "B"),
+    ("host.mem.available", "B"),
+    ("host.disk.read", "B/s"),
+    ("host.disk.write", "B/s"),
+    ("host.net.rx", "B/s"),
+    ("host.net.tx", "B/s"),
+    ("host.swap.used", "B"),
+    ("host.procs", ""),
+    ("host.temp", "C"),
+    ("host.uptime", "s"),
 )
 NAMES = tuple(name for name, _ in METRIC_NAMES)
 UNITS = dict(METRIC_NAMES)
 # (base, spread) of each name's values, in the order above; host.uptime counts seconds instead.
-VALUE_RANGES = ((5.0, 90.0), (0.1, 3.5), (6e9, 2e9), (8e9, 6e9), (0.0, 5e7), (0.0, 3e7), (0.0, 1.2e7), (0.0, 4e6),
-                (0.0, 5e8), (250.0, 120.0), (38.0, 40.0), None)
+VALUE_RANGES = (
+    (5.0, 90.0),
+    (0.1, 3.5),
+    (6e9, 2e9),
+    (8e9, 6e9),
+    (0.0, 5e7),
+    (0.0, 3e7),
+    (0.0, 1.2e7),
+    (0.0, 4e6),
+    (0.0, 5e8),
+    (250.0, 120.0),
+    (38.0, 40.0),
+    None,
+)
 UPTIME_BASE_S = 1_000_000.0
 NOISE_PERIOD = 1009  # values repeat per name after this many seconds (a prime: no beat with 12)
 CHART_NAMES = ("host.cpu", "host.mem.used", "host.disk.read", "host.net.rx")
@@ -114,8 +153,13 @@ def chart_spec(name: str) -> QuerySpec:
     return ("metric-series", {"name": name, "points": SERIES_POINTS, "last": SERIES_LAST_MS})
 
 
-PAGE_SPECS: tuple[QuerySpec, ...] = (METRIC_COUNT, METRIC_STATS, ACTIVE_ALERTS, LATEST,
-                                     *(chart_spec(name) for name in CHART_NAMES))
+PAGE_SPECS: tuple[QuerySpec, ...] = (
+    METRIC_COUNT,
+    METRIC_STATS,
+    ACTIVE_ALERTS,
+    LATEST,
+    *(chart_spec(name) for name in CHART_NAMES),
+)
 WHOLE_RANGE_LABEL = f"metric-series whole range ({WHOLE_RANGE_NAME}, {SERIES_POINTS} points)"
 
 
@@ -159,6 +203,7 @@ class Grid:
     """The preloaded readings: reading i (seq i + 1) is of name i % 12 at second i // 12, one
     second apart, the last second at `end_ms`; keys p000000001, ...  Everything about them
     (count in a range, timestamps) follows from these numbers."""
+
     size: int
     end_ms: int
 
@@ -199,6 +244,7 @@ class Grid:
 
 class SqliteDatabase:
     """A SQLite file in the case's temp dir (WAL, as the server opens it)."""
+
     kind = "sqlite"
 
     def __init__(self, workdir: Path) -> None:
@@ -216,8 +262,10 @@ class SqliteDatabase:
         try:
             conn.execute("PRAGMA synchronous=OFF")
             conn.execute("PRAGMA cache_size=-262144")  # 256 MiB: the unique index on key stays in memory
-            insert = ("INSERT INTO metrics_metric (seq, key, version, created_at, updated_at, name, value, unit, "
-                      "timestamp) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+            insert = (
+                "INSERT INTO metrics_metric (seq, key, version, created_at, updated_at, name, value, unit, "
+                "timestamp) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            )
             for first in range(0, grid.size, LOAD_BATCH):
                 conn.execute("BEGIN")
                 conn.executemany(insert, grid.rows(first, min(first + LOAD_BATCH, grid.size)))
@@ -239,6 +287,7 @@ class SqliteDatabase:
 
 class PostgresDatabase:
     """A fresh database on the PostgreSQL server of servers.POSTGRES_URL."""
+
     kind = "postgres"
 
     def __init__(self, workdir: Path) -> None:
@@ -258,14 +307,20 @@ class PostgresDatabase:
     def load(self, grid: Grid) -> None:
         with servers.postgres_connect(self.url) as conn:
             with conn.transaction(), conn.cursor() as cursor:
-                with cursor.copy("COPY metrics_metric (seq, key, version, created_at, updated_at, name, value, "
-                                 "unit, timestamp) FROM STDIN") as copy:
+                with cursor.copy(
+                    "COPY metrics_metric (seq, key, version, created_at, updated_at, name, value, "
+                    "unit, timestamp) FROM STDIN"
+                ) as copy:
                     for first in range(0, grid.size, LOAD_BATCH):
                         # Text format, built here: much faster than a write_row() per reading.
-                        copy.write("".join(
-                            f"{seq}\t{key}\t1\t{created}\t{updated}\t{name}\t{value!r}\t{unit}\t{ts!r}\n"
-                            for seq, key, _, created, updated, name, value, unit, ts
-                            in grid.rows(first, min(first + LOAD_BATCH, grid.size))))
+                        copy.write(
+                            "".join(
+                                f"{seq}\t{key}\t1\t{created}\t{updated}\t{name}\t{value!r}\t{unit}\t{ts!r}\n"
+                                for seq, key, _, created, updated, name, value, unit, ts in grid.rows(
+                                    first, min(first + LOAD_BATCH, grid.size)
+                                )
+                            )
+                        )
                 cursor.execute("SELECT setval(pg_get_serial_sequence('metrics_metric', 'seq'), %s)", (grid.size,))
             conn.execute("VACUUM ANALYZE metrics_metric")
 
@@ -304,23 +359,44 @@ class Truth:
         return int(self._rows("SELECT count(*) FROM metrics_metric")[0][0])
 
     def stats(self) -> list[dict[str, JSON]]:
-        groups = self._rows("SELECT name, count(*), min(value), max(value), sum(value), max(seq) "
-                            "FROM metrics_metric GROUP BY name")
-        newest = {seq: (value, unit) for seq, value, unit in self._rows(
-            "SELECT seq, value, unit FROM metrics_metric WHERE seq IN "
-            "(SELECT max(seq) FROM metrics_metric GROUP BY name)")}
-        return sorted(({"name": name, "count": count, "min": low, "max": high, "avg": total / count,
-                        "last": newest[last][0], "unit": newest[last][1]}
-                       for name, count, low, high, total, last in groups), key=lambda row: row["name"])
+        groups = self._rows(
+            "SELECT name, count(*), min(value), max(value), sum(value), max(seq) FROM metrics_metric GROUP BY name"
+        )
+        newest = {
+            seq: (value, unit)
+            for seq, value, unit in self._rows(
+                "SELECT seq, value, unit FROM metrics_metric WHERE seq IN "
+                "(SELECT max(seq) FROM metrics_metric GROUP BY name)"
+            )
+        }
+        return sorted(
+            (
+                {
+                    "name": name,
+                    "count": count,
+                    "min": low,
+                    "max": high,
+                    "avg": total / count,
+                    "last": newest[last][0],
+                    "unit": newest[last][1],
+                }
+                for name, count, low, high, total, last in groups
+            ),
+            key=lambda row: row["name"],
+        )
 
     def latest_keys(self, n: int) -> list[str]:
-        return [key for (key,) in reversed(self._rows("SELECT key FROM metrics_metric ORDER BY seq DESC LIMIT ?", (n,)))]
+        return [
+            key for (key,) in reversed(self._rows("SELECT key FROM metrics_metric ORDER BY seq DESC LIMIT ?", (n,)))
+        ]
 
     def series(self, name: str, start: float, stop: float, step: int) -> list[dict[str, JSON]]:
         """Buckets [t, t + step) with t a multiple of step, of the readings start <= timestamp <= stop."""
         buckets: dict[int, list[float]] = {}
-        rows = self._rows("SELECT timestamp, value FROM metrics_metric WHERE name = ? AND timestamp >= ? "
-                          "AND timestamp <= ?", (name, start, stop))
+        rows = self._rows(
+            "SELECT timestamp, value FROM metrics_metric WHERE name = ? AND timestamp >= ? AND timestamp <= ?",
+            (name, start, stop),
+        )
         for ts, value in rows:
             t = int(ts // step * step)
             bucket = buckets.get(t)
@@ -331,8 +407,10 @@ class Truth:
                 bucket[1] = min(bucket[1], value)
                 bucket[2] = max(bucket[2], value)
                 bucket[3] += value
-        return [{"t": t, "count": c, "min": lo, "max": hi, "avg": total / c}
-                for t, (c, lo, hi, total) in sorted(buckets.items())]
+        return [
+            {"t": t, "count": c, "min": lo, "max": hi, "avg": total / c}
+            for t, (c, lo, hi, total) in sorted(buckets.items())
+        ]
 
 
 def close(a: JSON, b: JSON) -> bool:
@@ -395,8 +473,11 @@ def check_result(where: str, spec: QuerySpec, data: JSON, truth: Truth) -> list[
         return compare_rows(where, data, truth.stats(), STATS_KEYS)
     if query == "latest-metrics":
         keys = truth.latest_keys(params["n"])
-        got = [record.get("id") for record in data] if isinstance(data, list) and all(
-            isinstance(record, dict) for record in data) else data
+        got = (
+            [record.get("id") for record in data]
+            if isinstance(data, list) and all(isinstance(record, dict) for record in data)
+            else data
+        )
         return [] if got == keys else [f"{where}: keys {brief(got)}, recomputation gives {brief(keys)}"]
     if query == "active-alerts":
         return [] if data == [] else [f"{where}: {brief(data)}, nothing wrote alerts"]
@@ -415,6 +496,7 @@ def check_result(where: str, spec: QuerySpec, data: JSON, truth: Truth) -> list[
 @dataclass
 class Write:
     """One store.transaction of the writer: its readings, send time and reply."""
+
     index: int
     ts: int
     names: tuple[str, ...]
@@ -422,8 +504,9 @@ class Write:
     replied: float | None = None
 
 
-def reflected_level(spec: QuerySpec, data: JSON, writes: Sequence[Write], base: int, grid: Grid,
-                    by_ts: dict[int, int]) -> int | None:
+def reflected_level(
+    spec: QuerySpec, data: JSON, writes: Sequence[Write], base: int, grid: Grid, by_ts: dict[int, int]
+) -> int | None:
     """The index of the last write this result reflects (-1: none), None if it cannot be told.
 
     metric-count and metric-stats by the count (each write adds INSERTS_PER_TX), latest-metrics by
@@ -485,8 +568,15 @@ class SubFigures:
     failures: list[str] = field(default_factory=list)
 
 
-def attribute(spec: QuerySpec, sub: Subscription, pushes: Sequence[Any], writes: Sequence[Write], base: int,
-              grid: Grid, by_ts: dict[int, int]) -> SubFigures:
+def attribute(
+    spec: QuerySpec,
+    sub: Subscription,
+    pushes: Sequence[Any],
+    writes: Sequence[Write],
+    base: int,
+    grid: Grid,
+    by_ts: dict[int, int],
+) -> SubFigures:
     """Push latencies of one subscription: for each write affecting it, sent -> first push reflecting it."""
     figures = SubFigures(pushes=len(pushes))
     label = spec_label(spec)
@@ -562,7 +652,9 @@ class Case:
 def case_env(url: str) -> dict[str, str]:
     # Production-like, as bench/run.sh: with DEBUG on, Django keeps every SQL query in memory.
     return servers.server_env(
-        url, None, debug=False,
+        url,
+        None,
+        debug=False,
         DJANGO_SECRET_KEY=secrets.token_urlsafe(50),
         DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
         DJANGO_LOG_LEVEL=os.environ.get("DJANGO_LOG_LEVEL", "WARNING"),
@@ -606,8 +698,9 @@ def run_case(kind: str, size: int, options: Options) -> Case:
             case.failures.append(f"rebuild_aggregates failed: {lines[-1] if lines else error}")
         truth = Truth(database)
         port = servers.free_port()
-        server = servers.Server("server", server_argv(port), env, workdir / "server.log", port,
-                                start_timeout=SERVER_START_TIMEOUT_S)
+        server = servers.Server(
+            "server", server_argv(port), env, workdir / "server.log", port, start_timeout=SERVER_START_TIMEOUT_S
+        )
         started = time.perf_counter()
         server.start()
         case.figures["server_start_s"] = round(time.perf_counter() - started, 1)
@@ -624,8 +717,9 @@ def run_case(kind: str, size: int, options: Options) -> Case:
         pin(None)
         if server is not None:
             server.stop()
-            lines = [line for line in server.log().splitlines()
-                     if line.strip() and not line.startswith(servers.LOG_HEADER)]
+            lines = [
+                line for line in server.log().splitlines() if line.strip() and not line.startswith(servers.LOG_HEADER)
+            ]
             if lines:
                 case.notes.append(f"server log: {len(lines)} lines, last: {' | '.join(lines[-5:])}"[:1500])
         try:
@@ -676,7 +770,10 @@ async def subscribe(conn: Conn, spec: QuerySpec) -> tuple[float, str, JSON]:
 
 
 def whole_range_spec(grid: Grid) -> QuerySpec:
-    return ("metric-series", {"name": WHOLE_RANGE_NAME, "points": SERIES_POINTS, "from": grid.oldest_ms, "to": now_ms()})
+    return (
+        "metric-series",
+        {"name": WHOLE_RANGE_NAME, "points": SERIES_POINTS, "from": grid.oldest_ms, "to": now_ms()},
+    )
 
 
 async def first_results(case: Case, conn: Conn, grid: Grid, truth: Truth, repeats: int) -> set[str]:
@@ -710,8 +807,9 @@ def transaction(index: int, ts: int, grid: Grid) -> tuple[list[dict[str, JSON]],
     """The writer's index-th transaction: INSERTS_PER_TX readings, names cycling over the 12."""
     second = (ts - grid.base_ms) // 1000
     picks = [(index * INSERTS_PER_TX + j) % len(NAMES) for j in range(INSERTS_PER_TX)]
-    data = [{"name": NAMES[i], "value": reading_value(i, second), "unit": UNITS[NAMES[i]], "timestamp": ts}
-            for i in picks]
+    data = [
+        {"name": NAMES[i], "value": reading_value(i, second), "unit": UNITS[NAMES[i]], "timestamp": ts} for i in picks
+    ]
     return [{"op": "insert", "bucket": "metrics", "data": item} for item in data], tuple(NAMES[i] for i in picks)
 
 
@@ -720,13 +818,17 @@ def start_profiler(py_spy: str | None, server: servers.Server, name: str) -> sub
     if not py_spy:
         return None
     output = server.log_path.parent / f"py-spy-{name}.txt"
-    return subprocess.Popen([py_spy, "record", "--pid", str(server.pid), "--format", "raw", "--rate", "250",
-                             "--output", str(output)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [py_spy, "record", "--pid", str(server.pid), "--format", "raw", "--rate", "250", "--output", str(output)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
-async def measure(case: Case, server: servers.Server, database: Any, grid: Grid, truth: Truth,
-                  options: Options) -> None:
+async def measure(
+    case: Case, server: servers.Server, database: Any, grid: Grid, truth: Truth, options: Options
+) -> None:
     viewer_conn = await open_conn(server.ws, VIEWER_TOKEN, "viewer")
     admin = await open_conn(server.ws, ADMIN_TOKEN, "admin")
     try:
@@ -771,8 +873,9 @@ async def measure(case: Case, server: servers.Server, database: Any, grid: Grid,
             sent = [op["data"] for op in pending.request["operations"]]
             records = [item.get("data") for item in results.get("results", [])] if isinstance(results, dict) else []
             if len(records) != len(sent) or any(
-                    not isinstance(record, dict) or any(record.get(k) != v for k, v in item.items())
-                    for record, item in zip(records, sent, strict=False)):
+                not isinstance(record, dict) or any(record.get(k) != v for k, v in item.items())
+                for record, item in zip(records, sent, strict=False)
+            ):
                 case.failures.append(f"transaction {write.index} returned {brief(results)}")
 
         def is_final(v: Viewer) -> bool:
@@ -790,7 +893,9 @@ async def measure(case: Case, server: servers.Server, database: Any, grid: Grid,
         if profiler is not None:
             profiler.send_signal(signal.SIGINT)  # py-spy writes its file when interrupted
             profiler.wait(timeout=60)
-            case.notes.append(f"py-spy profile of the writer phase: {profiler.args[profiler.args.index('--output') + 1]}")
+            case.notes.append(
+                f"py-spy profile of the writer phase: {profiler.args[profiler.args.index('--output') + 1]}"
+            )
         await linger([viewer])
         if not reached:
             case.failures.append(f"not every subscription reflected the last write {options.timeout:.0f} s after it")
@@ -799,8 +904,11 @@ async def measure(case: Case, server: servers.Server, database: Any, grid: Grid,
         phase_result = RunResult("S5")
         phase_result.add_phase(phase, count)
         case.notes.extend(phase_result.notes)
-        case.figures.update(phase_result.figures, transactions=count,
-                            db_backend_cpu_ms_per_tx=None if db_cpu is None else round(db_cpu * 1000 / count, 2))
+        case.figures.update(
+            phase_result.figures,
+            transactions=count,
+            db_backend_cpu_ms_per_tx=None if db_cpu is None else round(db_cpu * 1000 / count, 2),
+        )
         case.figures["server_cpu_ms_per_tx"] = case.figures.pop("server_cpu_ms_per_insert")
         acks = [w.replied - w.sent for w in writes if w.replied is not None]
         case.figures["ack_p50_ms"] = ms(percentile(acks, 50))
@@ -812,8 +920,9 @@ async def measure(case: Case, server: servers.Server, database: Any, grid: Grid,
 
         # Final results against the raw table (the writer has stopped: it no longer changes).
         for sub_id, sub in viewer.subs.items():
-            case.failures.extend(check_result(f"final result of {sub.label}", specs[sub_id], viewer.state(sub.label),
-                                              truth))
+            case.failures.extend(
+                check_result(f"final result of {sub.label}", specs[sub_id], viewer.state(sub.label), truth)
+            )
         case.failures.extend(viewer_conn.violations + admin.violations)
     finally:
         gc.enable()
@@ -836,8 +945,10 @@ def first_result_ms(case: Case, label: str) -> float | None:
 def case_rows(case: Case) -> list[tuple[str, str]]:
     f = case.figures
     rows = [
-        ("load (SQL) / rebuild_aggregates / server start",
-         f"{f.get('load_s', '-')} s / {f.get('rebuild_aggregates_s', '-')} s / {f.get('server_start_s', '-')} s"),
+        (
+            "load (SQL) / rebuild_aggregates / server start",
+            f"{f.get('load_s', '-')} s / {f.get('rebuild_aggregates_s', '-')} s / {f.get('server_start_s', '-')} s",
+        ),
         ("server CPU per transaction", f"{fmt_ms(f.get('server_cpu_ms_per_tx'))} ms"),
     ]
     if f.get("db_backend_cpu_ms_per_tx") is not None:
@@ -846,30 +957,58 @@ def case_rows(case: Case) -> list[tuple[str, str]]:
     for label, sub in case.subs.items():
         extra = f", {sub.other_pushes} timer pushes" if sub.other_pushes else ""
         missing = f", MISSING {sub.missing}" if sub.missing else ""
-        rows.append((f"push p50 / p99 {label}",
-                     f"{fmt_ms(ms(percentile(sub.latencies, 50)))} / {fmt_ms(ms(percentile(sub.latencies, 99)))} ms "
-                     f"({sub.own_pushes} pushes for {sub.affecting} writes{extra}{missing})"))
+        rows.append(
+            (
+                f"push p50 / p99 {label}",
+                f"{fmt_ms(ms(percentile(sub.latencies, 50)))} / {fmt_ms(ms(percentile(sub.latencies, 99)))} ms "
+                f"({sub.own_pushes} pushes for {sub.affecting} writes{extra}{missing})",
+            )
+        )
     for label, samples in case.first_results.items():
-        rows.append((f"first result {label}",
-                     f"{fmt_ms(first_result_ms(case, label))} ms (median of {len(samples)}; "
-                     f"{', '.join(fmt_ms(ms(s)) for s in samples)})"))
-    rows.append(("phase / client CPU ratio / foreign CPU server core, client core, machine",
-                 f"{f.get('phase_s', '-')} s / {f.get('client_cpu_ratio', '-')} / "
-                 f"{f.get('foreign_cpu_server_core_s', '-')}, {f.get('foreign_cpu_client_core_s', '-')}, "
-                 f"{f.get('foreign_cpu_machine_s', '-')} s"))
+        rows.append(
+            (
+                f"first result {label}",
+                f"{fmt_ms(first_result_ms(case, label))} ms (median of {len(samples)}; "
+                f"{', '.join(fmt_ms(ms(s)) for s in samples)})",
+            )
+        )
+    rows.append(
+        (
+            "phase / client CPU ratio / foreign CPU server core, client core, machine",
+            f"{f.get('phase_s', '-')} s / {f.get('client_cpu_ratio', '-')} / "
+            f"{f.get('foreign_cpu_server_core_s', '-')}, {f.get('foreign_cpu_client_core_s', '-')}, "
+            f"{f.get('foreign_cpu_machine_s', '-')} s",
+        )
+    )
     return rows
 
 
 def case_json(case: Case, revision: str, options: Options) -> dict[str, JSON]:
     return {
-        "scenario": "S5", "database": case.database, "size": case.size, "ok": case.ok, "revision": revision,
-        "smoke": options.smoke, "seconds": options.seconds, "figures": case.figures,
+        "scenario": "S5",
+        "database": case.database,
+        "size": case.size,
+        "ok": case.ok,
+        "revision": revision,
+        "smoke": options.smoke,
+        "seconds": options.seconds,
+        "figures": case.figures,
         "first_results_ms": {label: [ms(s) for s in samples] for label, samples in case.first_results.items()},
-        "pushes": {label: {"p50_ms": ms(percentile(sub.latencies, 50)), "p99_ms": ms(percentile(sub.latencies, 99)),
-                           "samples": len(sub.latencies), "pushes": sub.pushes, "own_pushes": sub.own_pushes,
-                           "timer_pushes": sub.other_pushes, "writes": sub.affecting, "missing": sub.missing}
-                   for label, sub in case.subs.items()},
-        "failures": case.failures, "notes": case.notes,
+        "pushes": {
+            label: {
+                "p50_ms": ms(percentile(sub.latencies, 50)),
+                "p99_ms": ms(percentile(sub.latencies, 99)),
+                "samples": len(sub.latencies),
+                "pushes": sub.pushes,
+                "own_pushes": sub.own_pushes,
+                "timer_pushes": sub.other_pushes,
+                "writes": sub.affecting,
+                "missing": sub.missing,
+            }
+            for label, sub in case.subs.items()
+        },
+        "failures": case.failures,
+        "notes": case.notes,
     }
 
 
@@ -890,21 +1029,28 @@ def target_rows(cases: Sequence[Case]) -> list[str]:
         cpu_big, cpu_small = big.figures.get("server_cpu_ms_per_tx"), small.figures.get("server_cpu_ms_per_tx")
         if big is not small and cpu_big is not None and cpu_small:
             ratio = cpu_big / cpu_small
-            lines.append(f"  server CPU per transaction {cpu_big:.2f} ms vs {cpu_small:.2f} ms at {small.size:,}: "
-                         f"{ratio:.2f}x (target <= {TARGET_CPU_RATIO}x): "
-                         f"{'met' if ratio <= TARGET_CPU_RATIO else 'MISSED'}")
+            lines.append(
+                f"  server CPU per transaction {cpu_big:.2f} ms vs {cpu_small:.2f} ms at {small.size:,}: "
+                f"{ratio:.2f}x (target <= {TARGET_CPU_RATIO}x): "
+                f"{'met' if ratio <= TARGET_CPU_RATIO else 'MISSED'}"
+            )
         ack = big.figures.get("ack_p99_ms")
-        lines.append(f"  write ack p99 {fmt_ms(ack)} ms (target <= {TARGET_ACK_P99_MS:.0f}): "
-                     f"{verdict(ack, TARGET_ACK_P99_MS)}")
+        lines.append(
+            f"  write ack p99 {fmt_ms(ack)} ms (target <= {TARGET_ACK_P99_MS:.0f}): {verdict(ack, TARGET_ACK_P99_MS)}"
+        )
         for label, sub in big.subs.items():
             p99 = ms(percentile(sub.latencies, 99))
             if sub.affecting:
-                lines.append(f"  push p99 {label} {fmt_ms(p99)} ms (target <= {TARGET_PUSH_P99_MS:.0f}): "
-                             f"{verdict(p99, TARGET_PUSH_P99_MS)}")
+                lines.append(
+                    f"  push p99 {label} {fmt_ms(p99)} ms (target <= {TARGET_PUSH_P99_MS:.0f}): "
+                    f"{verdict(p99, TARGET_PUSH_P99_MS)}"
+                )
         for label in (spec_label(METRIC_STATS), WHOLE_RANGE_LABEL):
             value = first_result_ms(big, label)
-            lines.append(f"  first result {label} {fmt_ms(value)} ms (target <= {TARGET_FIRST_RESULT_MS:.0f}): "
-                         f"{verdict(value, TARGET_FIRST_RESULT_MS)}")
+            lines.append(
+                f"  first result {label} {fmt_ms(value)} ms (target <= {TARGET_FIRST_RESULT_MS:.0f}): "
+                f"{verdict(value, TARGET_FIRST_RESULT_MS)}"
+            )
     return lines
 
 
@@ -914,10 +1060,15 @@ def revision() -> str:
     if os.environ.get("BENCH_REVISION"):
         return os.environ["BENCH_REVISION"]
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=servers.PROJECT_DIR, capture_output=True,
-                             text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=servers.PROJECT_DIR,
-                               capture_output=True, text=True).stdout.strip()
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=servers.PROJECT_DIR, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=servers.PROJECT_DIR,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return rev + ("+uncommitted" if dirty else "")
@@ -938,32 +1089,55 @@ def database_list(text: str) -> list[str]:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default=None, help="readings preloaded, comma-separated (10000,1m,10m; "
-                                                      "default 10000,1000000,10000000)")
+    parser.add_argument(
+        "--sizes",
+        default=None,
+        help="readings preloaded, comma-separated (10000,1m,10m; default 10000,1000000,10000000)",
+    )
     parser.add_argument("--databases", default=["sqlite", "postgres"], type=database_list, help="sqlite,postgres")
     parser.add_argument("--seconds", type=float, default=None, help="writer phase (default 30; 5 with --smoke)")
-    parser.add_argument("--repeats", type=int, default=None, help="first-result measurements per query, median "
-                                                                  "reported (default 5; 3 with --smoke)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="first-result measurements per query, median reported (default 5; 3 with --smoke)",
+    )
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for replies and final pushes")
-    parser.add_argument("--smoke", action="store_true", help=f"CI size: {SMOKE_SIZE:,} readings, "
-                                                             f"{SMOKE_SECONDS:.0f} s of writes")
+    parser.add_argument(
+        "--smoke", action="store_true", help=f"CI size: {SMOKE_SIZE:,} readings, {SMOKE_SECONDS:.0f} s of writes"
+    )
     parser.add_argument("--keep", action="store_true", help="keep every case's temp dir (server log, SQLite file)")
-    parser.add_argument("--quiet-wait", type=float, default=0.0, metavar="SECONDS",
-                        help="before measuring, wait up to this long for a second without other busy processes")
-    parser.add_argument("--py-spy", default=None, metavar="BINARY",
-                        help="record the server with this py-spy during each writer phase (collapsed stacks in "
-                             "the kept temp dir; sampling slows the server, so such runs are not for figures)")
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="before measuring, wait up to this long for a second without other busy processes",
+    )
+    parser.add_argument(
+        "--py-spy",
+        default=None,
+        metavar="BINARY",
+        help="record the server with this py-spy during each writer phase (collapsed stacks in "
+        "the kept temp dir; sampling slows the server, so such runs are not for figures)",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    sizes = [parse_size(s) for s in args.sizes.split(",")] if args.sizes else (
-        [SMOKE_SIZE] if args.smoke else list(DEFAULT_SIZES))
+    sizes = (
+        [parse_size(s) for s in args.sizes.split(",")]
+        if args.sizes
+        else ([SMOKE_SIZE] if args.smoke else list(DEFAULT_SIZES))
+    )
     options = Options(
         seconds=args.seconds if args.seconds is not None else (SMOKE_SECONDS if args.smoke else 30.0),
         repeats=args.repeats or (3 if args.smoke else 5),
-        timeout=args.timeout, keep=args.keep or bool(args.py_spy), smoke=args.smoke, py_spy=args.py_spy,
+        timeout=args.timeout,
+        keep=args.keep or bool(args.py_spy),
+        smoke=args.smoke,
+        py_spy=args.py_spy,
         quiet_wait=args.quiet_wait,
     )
     servers.raise_fd_limit()
@@ -977,8 +1151,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("BENCH_JSON " + json.dumps(case_json(case, rev, options), separators=(",", ":")), flush=True)
             rows = case_rows(case)
             width = max(len(name) for name, _ in rows)
-            print(f"\nS5 {kind}, {size:,} readings, code {rev}, {options.seconds:g} s of writes at "
-                  f"{TX_PER_S:g} transactions/s of {INSERTS_PER_TX}")
+            print(
+                f"\nS5 {kind}, {size:,} readings, code {rev}, {options.seconds:g} s of writes at "
+                f"{TX_PER_S:g} transactions/s of {INSERTS_PER_TX}"
+            )
             for name, value in rows:
                 print(f"  {name:<{width}}  {value}")
             print(f"  status: {'OK' if case.ok else f'FAIL ({len(case.failures)})'}")
