@@ -20,6 +20,17 @@ from django.utils.module_loading import import_string
 from .errors import UNAUTHORIZED, ProtocolError
 
 
+class Clock:
+    """The wall clock sessions expire by; tests replace `clock` instead of
+    sleeping until an expiry."""
+
+    def now_ms(self) -> int:
+        return int(time.time() * 1000)
+
+
+clock = Clock()
+
+
 @dataclass(frozen=True)
 class Session:
     user_id: str
@@ -31,7 +42,7 @@ class Session:
     def expired(self, now_ms: int | None = None) -> bool:
         if self.expires_at is None:
             return False
-        return (now_ms if now_ms is not None else int(time.time() * 1000)) >= self.expires_at
+        return (now_ms if now_ms is not None else clock.now_ms()) >= self.expires_at
 
     def as_login_result(self) -> dict:
         return {"userId": self.user_id, "roles": list(self.roles), "expiresAt": self.expires_at}

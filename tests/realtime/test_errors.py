@@ -7,7 +7,6 @@ usable with a valid request on the same connection.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -17,6 +16,7 @@ import pytest
 
 from accounts.tokens import validate_token
 from metrics import selectors, services
+from realtime import auth
 from realtime.auth import Session, TokenExpired
 from tests.conftest import TIMEOUT, Client, metric
 
@@ -296,7 +296,27 @@ async def test_expired_token_is_refused(connect, expiring_validator, token, exis
         await assert_usable(client)
 
 
-async def test_session_expires_on_its_next_request(connect, expiring_validator):
+class LaterClock(auth.Clock):
+    """The real clock until moved: then that moment on."""
+
+    def __init__(self) -> None:
+        self.at: int | None = None
+
+    def move_to(self, moment_ms: int) -> None:
+        self.at = moment_ms
+
+    def now_ms(self) -> int:
+        return self.at if self.at is not None else super().now_ms()
+
+
+@pytest.fixture
+def later(monkeypatch):
+    clock = LaterClock()
+    monkeypatch.setattr(auth, "clock", clock)
+    return clock
+
+
+async def test_session_expires_on_its_next_request(connect, expiring_validator, later):
     client = await connect()
     before = now_ms()
     login = await client.request("auth.login", token="short-lived-token")
@@ -309,14 +329,13 @@ async def test_session_expires_on_its_next_request(connect, expiring_validator):
     assert before + SHORT_LIFE_MS <= expires_at <= now_ms() + SHORT_LIFE_MS
     await assert_usable(client)
 
-    # Waiting for the clock is the point of this test; there is nothing to await.
-    await asyncio.sleep((expires_at - now_ms() + 50) / 1000)
+    later.move_to(expires_at)  # the session's clock reaches its expiry
     assert await client.request("store.count", bucket="metrics") == error(3, "UNAUTHORIZED", "Session expired")
     assert await client.request("store.count", bucket="metrics") == error(4, "UNAUTHORIZED", "Authentication required")
     await assert_signed_out_but_usable(client)
 
 
-async def test_whoami_reports_an_expired_session_as_signed_out(connect, expiring_validator):
+async def test_whoami_reports_an_expired_session_as_signed_out(connect, expiring_validator, later):
     client = await connect()
     expires_at = (await client.login("short-lived-token"))["expiresAt"]
     assert await client.ok("auth.whoami") == {
@@ -325,7 +344,7 @@ async def test_whoami_reports_an_expired_session_as_signed_out(connect, expiring
         "roles": ["admin"],
         "expiresAt": expires_at,
     }
-    await asyncio.sleep((expires_at - now_ms() + 50) / 1000)
+    later.move_to(expires_at)
     assert await client.ok("auth.whoami") == {"authenticated": False}
     assert await client.request("store.count", bucket="metrics") == error(4, "UNAUTHORIZED", "Authentication required")
     await assert_signed_out_but_usable(client)
