@@ -5,6 +5,7 @@ plain, open and writable, and the ASGI path otherwise."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import socket
@@ -238,7 +239,11 @@ async def test_runserver_keeps_frames_whole_and_in_order_for_a_reader_that_stall
     while not sizes or sizes[-1] < 210:
         push = await viewer.push(10)
         sizes.append(len(push["data"]))
-    assert sizes == list(range(150, 211))
+    # Latest state: pushes may skip intermediate results (coalesced while the
+    # reader stalled) but never go backwards or repeat, and the last one holds
+    # every insert.
+    assert sizes[0] >= 150 and sizes[-1] == 210
+    assert all(a < b for a, b in itertools.pairwise(sizes))
     assert push["data"] == await admin.ok("store.all", bucket="metrics")
     await admin.close()
     await viewer.close()
