@@ -129,7 +129,11 @@ def encode(value: Any) -> str:
             return "[" + ",".join([item.json() for item in value]) + "]"
         return "[" + ",".join([encode(item) for item in value]) + "]"
     if isinstance(value, dict):
-        return "{" + ",".join([dumps(str(k)) + ":" + encode(v) for k, v in value.items()]) + "}"
+        if any(isinstance(v, Record) or (type(v) is list and v and type(v[0]) is Record) for v in value.values()):
+            # A page of records (store.paginate): their cached encodings.
+            return "{" + ",".join([dumps(str(k)) + ":" + encode(v) for k, v in value.items()]) + "}"
+        # Plain data (a series, a summary row): one call, not one per leaf.
+        return dumps(value)
     return dumps(value)
 
 
