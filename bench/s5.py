@@ -930,6 +930,7 @@ async def measure(
         acks = [w.replied - w.sent for w in writes if w.replied is not None]
         case.figures["ack_p50_ms"] = ms(percentile(acks, 50))
         case.figures["ack_p99_ms"] = ms(percentile(acks, 99))
+        case.figures["ack_max_ms"] = ms(max(acks, default=None))
         for sub_id, sub in viewer.subs.items():
             figures = attribute(specs[sub_id], sub, viewer.pushes(sub.label), writes, grid.size, grid, by_ts)
             case.subs[sub.label] = figures
@@ -971,7 +972,12 @@ def case_rows(case: Case) -> list[tuple[str, str]]:
     ]
     if f.get("db_backend_cpu_ms_per_tx") is not None:
         rows.append(("PostgreSQL backends' CPU per transaction", f"{fmt_ms(f['db_backend_cpu_ms_per_tx'])} ms"))
-    rows.append(("write acknowledged p50 / p99", f"{fmt_ms(f.get('ack_p50_ms'))} / {fmt_ms(f.get('ack_p99_ms'))} ms"))
+    rows.append(
+        (
+            "write acknowledged p50 / p99 / max",
+            f"{fmt_ms(f.get('ack_p50_ms'))} / {fmt_ms(f.get('ack_p99_ms'))} / {fmt_ms(f.get('ack_max_ms'))} ms",
+        )
+    )
     for label, sub in case.subs.items():
         extra = f", {sub.other_pushes} timer pushes" if sub.other_pushes else ""
         missing = f", MISSING {sub.missing}" if sub.missing else ""
