@@ -296,9 +296,7 @@ def rebuild(*, stats: bool = True, tiers: bool = True, using: Any = None) -> Non
             cursor.execute(f"DELETE FROM {STATS}")
             cursor.execute(
                 f"INSERT INTO {STATS} (name, count, sum, min, max, last_seq, last_value, last_unit) "
-                f"SELECT g.name, g.n, g.total, g.low, g.high, g.newest, m.value, m.unit FROM "
-                f"(SELECT name, COUNT(*) AS n, SUM(value) AS total, MIN(value) AS low, MAX(value) AS high, "
-                f"MAX(seq) AS newest FROM {metric} GROUP BY name) g JOIN {metric} m ON m.seq = g.newest"
+                f"{_stats_from_raw('g.newest')}"
             )
         if not tiers:
             return
@@ -333,6 +331,18 @@ def rebuild(*, stats: bool = True, tiers: bool = True, using: Any = None) -> Non
             finer = res
 
 
+def _stats_from_raw(*extra: str) -> str:
+    """SELECT of the per-name figures recomputed from the readings: name,
+    count, sum, min, max, `extra` columns, newest value and unit."""
+    metric = _q(METRIC)
+    columns = ", ".join(["g.name", "g.n", "g.total", "g.low", "g.high", *extra, "m.value", "m.unit"])
+    return (
+        f"SELECT {columns} FROM "
+        f"(SELECT name, COUNT(*) AS n, SUM(value) AS total, MIN(value) AS low, MAX(value) AS high, "
+        f"MAX(seq) AS newest FROM {metric} GROUP BY name) g JOIN {metric} m ON m.seq = g.newest"
+    )
+
+
 def _keep_before(raw_horizon: float | None, res: int) -> int | None:
     """First bucket start of tier `res` that raw still holds completely."""
     if raw_horizon is None:
@@ -342,13 +352,8 @@ def _keep_before(raw_horizon: float | None, res: int) -> int | None:
 
 def recomputed_stats() -> dict[str, tuple]:
     """{name: (count, sum, min, max, last_value, last_unit)} from raw, for checks."""
-    metric = _q(METRIC)
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT g.name, g.n, g.total, g.low, g.high, m.value, m.unit FROM "
-            f"(SELECT name, COUNT(*) AS n, SUM(value) AS total, MIN(value) AS low, MAX(value) AS high, "
-            f"MAX(seq) AS newest FROM {metric} GROUP BY name) g JOIN {metric} m ON m.seq = g.newest"
-        )
+        cursor.execute(_stats_from_raw())
         return {row[0]: tuple(row[1:]) for row in cursor.fetchall()}
 
 
