@@ -238,12 +238,10 @@ DASHBOARD = {
     # Dotted path of a function (token ids -> {id: reason} of those no longer
     # valid) that live sessions are checked against every heartbeat, so a
     # revocation by any path ends them; empty: not checked.
-    # The default checks tokens of the default validator only: another
-    # validator's token ids mean nothing to it.
-    "TOKEN_RECHECK": os.environ.get(
-        "DASHBOARD_TOKEN_RECHECK",
-        "accounts.tokens.invalid_among" if not os.environ.get("DASHBOARD_TOKEN_VALIDATOR") else "",
-    ),
+    # The default checks tokens of the default validator only (realtime/
+    # connections.py skips it under another validator, whose ids mean
+    # nothing to it).
+    "TOKEN_RECHECK": os.environ.get("DASHBOARD_TOKEN_RECHECK", "accounts.tokens.invalid_among"),
     # Largest `n` / `limit` a request may ask for.
     "MAX_RESULT_LIMIT": env_int("DASHBOARD_MAX_RESULT_LIMIT", 100_000),
     "MAX_TRANSACTION_OPERATIONS": env_int("DASHBOARD_MAX_TRANSACTION_OPERATIONS", 1000),

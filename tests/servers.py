@@ -68,6 +68,15 @@ POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgres://postgres@127.0.0.
 MACHINE_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
+def rss_mib(pid: int) -> float:
+    """A process's resident memory (VmRSS), in MiB."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
 def unavailable(reason: str) -> None:
     """Skips, or fails under CI=true, where every service must be there."""
     if os.environ.get("CI") == "true":

@@ -50,12 +50,9 @@ from tests.servers import (
     make_server,
     prepare_database,
     push_frame,
+    rss_mib,
     server_env,
 )
-
-# Loads the `database` fixture (attack 6 on PostgreSQL) and the hook that
-# attaches server logs to failures.
-pytest_plugins = ["tests.servers"]
 
 pytestmark = pytest.mark.multiprocess
 
@@ -90,14 +87,6 @@ def reading(i: int, name: str = "cpu") -> dict[str, Any]:
 
 
 # --- measurements ---------------------------------------------------------------------
-
-
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 def cpu_seconds(pid: int) -> float:

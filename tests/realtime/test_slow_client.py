@@ -9,17 +9,9 @@ import json
 import pytest
 import websockets
 
-from tests.servers import LiveServer
+from tests.servers import LiveServer, rss_mib
 
 pytestmark = pytest.mark.multiprocess
-
-
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 async def login(url: str, token: str, **options) -> websockets.ClientConnection:
