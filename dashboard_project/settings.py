@@ -17,6 +17,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from dashboard_client.durations import parse_duration
+from dashboard_project.logformat import log_format
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -255,6 +256,10 @@ DASHBOARD = {
     # pipelined writes already coalesce while a round waits for the database.
     "FANOUT_REST_RATIO": float(os.environ.get("DASHBOARD_FANOUT_REST_RATIO", "0")),
     "SHUTDOWN_GRACE_MS": env_int("DASHBOARD_SHUTDOWN_GRACE_MS", 1000),
+    # SQLite only: a server process checkpoints the write-ahead log from a
+    # thread this often instead of inside a commit (metrics/checkpoint.py);
+    # 0 leaves it to SQLite's automatic checkpoint.
+    "SQLITE_CHECKPOINT_SECONDS": float(os.environ.get("DASHBOARD_SQLITE_CHECKPOINT_SECONDS", "2")),
     # How long `prune_metrics` keeps each level of history, in seconds (None:
     # for ever): raw readings, then each time-bucket tier (metrics.derived).
     # Coarse tiers outlive raw readings, so old ranges stay chartable.
@@ -283,7 +288,8 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 
 LANGUAGE_CODE = "en-us"
-TIME_ZONE = "UTC"
+# The admin shows times (readings' timestamps, created/updated) in this zone.
+TIME_ZONE = os.environ.get("DJANGO_TIME_ZONE") or "UTC"
 USE_I18N = True
 USE_TZ = True
 
@@ -308,14 +314,28 @@ if not DEBUG:
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
     SECURE_HSTS_SECONDS = env_int("DJANGO_SECURE_HSTS_SECONDS", 31_536_000)
-    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
-    SECURE_HSTS_PRELOAD = env_bool("DJANGO_SECURE_HSTS_PRELOAD", True)
+    # Off unless asked for: both bind every subdomain of the host's domain
+    # (a company's other sites too), and preload lists are slow to leave.
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+    SECURE_HSTS_PRELOAD = env_bool("DJANGO_SECURE_HSTS_PRELOAD", False)
+    # check --deploy warns about each while it is off; off is our choice.
+    SILENCED_SYSTEM_CHECKS = [
+        check
+        for check, on in (("security.W005", SECURE_HSTS_INCLUDE_SUBDOMAINS), ("security.W021", SECURE_HSTS_PRELOAD))
+        if not on
+    ]
     CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", "")
+
+try:
+    log_format()  # checked here, so a typo stops the start with its name
+except ValueError as error:
+    raise ImproperlyConfigured(str(error)) from None
 
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    # DJANGO_LOG_FORMAT: plain (default) or json, one object per line.
+    "formatters": {"plain": {"()": "dashboard_project.logformat.from_environment"}},
     # channels-redis repeats a traceback every second while Redis is down.
     "filters": {"repeats": {"()": "dashboard_project.logfilters.RepeatFilter", "loggers": ["channels_redis"]}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["repeats"]}},
