@@ -1,0 +1,1 @@
+"""HTTP ingest: readings pushed over plain HTTP (JSON, InfluxDB line protocol, OTLP)."""

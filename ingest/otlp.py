@@ -1,0 +1,158 @@
+"""OTLP/HTTP metrics bodies (`POST /v1/metrics`) as readings, decoded with the
+official `opentelemetry-proto` messages.
+
+Gauges and sums give one reading per data point, named by the metric;
+histograms (explicit and exponential) give `<name>.count`, `.sum`, `.min`,
+`.max` (those present), summaries `.count` and `.sum`. Resource attributes
+(except the exporter's own `telemetry.sdk.*`) and data point attributes
+become labels of the name (ingest.naming; a data point's attribute wins).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.metrics.v1.metrics_pb2 import DataPointFlags, Metric
+
+from metrics.errors import VALIDATION_ERROR
+
+from .errors import HttpError
+from .naming import series_name
+from .readings import Reading, check_count
+
+PROTOBUF = "application/x-protobuf"
+JSON = "application/json"
+SKIPPED_RESOURCE_PREFIX = "telemetry.sdk."
+NO_VALUE = DataPointFlags.DATA_POINT_FLAGS_NO_RECORDED_VALUE_MASK
+
+
+def decode(body: bytes, content_type: str) -> ExportMetricsServiceRequest:
+    request = ExportMetricsServiceRequest()
+    if content_type == PROTOBUF:
+        try:
+            request.ParseFromString(body)
+        except DecodeError:
+            raise HttpError(400, VALIDATION_ERROR, "Invalid OTLP protobuf body") from None
+        return request
+    try:
+        document = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise HttpError(400, VALIDATION_ERROR, "Invalid OTLP JSON body: not JSON") from None
+    if not isinstance(document, dict):
+        raise HttpError(400, VALIDATION_ERROR, "Invalid OTLP JSON body: expected an object")
+    _drop_exemplars(document)
+    try:
+        json_format.ParseDict(document, request, ignore_unknown_fields=True)
+    except (json_format.ParseError, RecursionError) as error:
+        raise HttpError(400, VALIDATION_ERROR, f"Invalid OTLP JSON body: {error}") from None
+    return request
+
+
+def _drop_exemplars(document: Any) -> None:
+    # OTLP/JSON writes exemplars' trace and span ids in hex where protobuf's
+    # JSON mapping expects base64; exemplars are not stored, so they go.
+    pending = [document]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            item.pop("exemplars", None)
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+
+
+def _text(value: AnyValue) -> str:
+    kind = value.WhichOneof("value")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return "true" if value.bool_value else "false"
+    if kind == "int_value":
+        return str(value.int_value)
+    if kind == "double_value":
+        number = value.double_value
+        return str(int(number)) if number.is_integer() else repr(number)
+    if kind == "bytes_value":
+        return base64.b64encode(value.bytes_value).decode("ascii")
+    if kind == "array_value":
+        return "[" + ",".join(_text(item) for item in value.array_value.values) + "]"
+    if kind == "kvlist_value":
+        return "{" + ",".join(f"{kv.key}={_text(kv.value)}" for kv in value.kvlist_value.values) + "}"
+    return ""
+
+
+def _labels(attributes: Any) -> dict[str, str]:
+    pairs: list[KeyValue] = list(attributes)
+    return {pair.key: _text(pair.value) for pair in pairs}
+
+
+def _ms(time_unix_nano: int, now_ms: int) -> int:
+    # 0 means "unknown" in OTLP: the server's time then.
+    return time_unix_nano // 1_000_000 if time_unix_nano else now_ms
+
+
+Values = list[tuple[str, str, float]]
+
+
+def _values(metric: Metric) -> Iterator[tuple[int, Any, Values]]:
+    """Each data point (its index, itself) with its (name suffix, unit, value)
+    readings; points flagged as having no recorded value are left out."""
+    kind = metric.WhichOneof("data")
+    if kind is None:
+        return
+    for index, point in enumerate(getattr(metric, kind).data_points):
+        if point.flags & NO_VALUE:
+            continue
+        values: Values = []
+        if kind in {"gauge", "sum"}:
+            which = point.WhichOneof("value")
+            if which is not None:
+                values.append(("", metric.unit, point.as_double if which == "as_double" else point.as_int))
+        elif kind == "summary":
+            values = [(".count", "", float(point.count)), (".sum", metric.unit, point.sum)]
+        else:  # histogram, exponential_histogram
+            values.append((".count", "", float(point.count)))
+            values += [
+                (f".{part}", metric.unit, getattr(point, part))
+                for part in ("sum", "min", "max")
+                if point.HasField(part)
+            ]
+        yield index, point, values
+
+
+def readings(request: ExportMetricsServiceRequest) -> list[Reading]:
+    """Every reading of the request; a metric without a name is a 400 naming it."""
+    now_ms = int(time.time() * 1000)
+    found: list[Reading] = []
+    for r, resource_metrics in enumerate(request.resource_metrics):
+        resource = {
+            key: value
+            for key, value in _labels(resource_metrics.resource.attributes).items()
+            if not key.startswith(SKIPPED_RESOURCE_PREFIX)
+        }
+        for s, scope_metrics in enumerate(resource_metrics.scope_metrics):
+            for m, metric in enumerate(scope_metrics.metrics):
+                field = f"resourceMetrics[{r}].scopeMetrics[{s}].metrics[{m}]"
+                if not metric.name:
+                    raise HttpError(400, VALIDATION_ERROR, f'{field}: missing "name"', {"field": f"{field}.name"})
+                for p, point, values in _values(metric):
+                    labels = {**resource, **_labels(point.attributes)}
+                    where = f'{field}.dataPoints[{p}] ("{metric.name}")'
+                    for suffix, unit, value in values:
+                        data = {
+                            "name": series_name(metric.name + suffix, labels),
+                            "value": value,
+                            "unit": unit,
+                            "timestamp": _ms(point.time_unix_nano, now_ms),
+                        }
+                        found.append(Reading(data, where, {"field": f"{field}.dataPoints[{p}]"}))
+                check_count(len(found))
+    return found
