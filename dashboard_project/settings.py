@@ -74,9 +74,14 @@ INSTALLED_APPS = [
     "metrics.apps.MetricsConfig",
     "realtime.apps.RealtimeConfig",
     "accounts.apps.AccountsConfig",
+    "telemetry.apps.TelemetryConfig",
 ]
 
 MIDDLEWARE = [
+    # /healthz, /readyz and /metrics, answered over plain HTTP and whatever
+    # the Host (load balancers and Prometheus reach a process by its IP):
+    # before SecurityMiddleware's TLS redirect (docs/operations.md).
+    "telemetry.endpoints.ProbeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Serves the dashboard's static files from the app itself, so a single
     # `./dev serve` works without a proxy (nginx can still take them over).
@@ -256,6 +261,8 @@ DASHBOARD = {
     # pipelined writes already coalesce while a round waits for the database.
     "FANOUT_REST_RATIO": float(os.environ.get("DASHBOARD_FANOUT_REST_RATIO", "0")),
     "SHUTDOWN_GRACE_MS": env_int("DASHBOARD_SHUTDOWN_GRACE_MS", 1000),
+    # A bearer token /metrics asks for; empty: /metrics is open (docs/operations.md).
+    "METRICS_TOKEN": os.environ.get("DASHBOARD_METRICS_TOKEN", ""),
     # SQLite only: a server process checkpoints the write-ahead log from a
     # thread this often instead of inside a commit (metrics/checkpoint.py);
     # 0 leaves it to SQLite's automatic checkpoint.
@@ -337,7 +344,13 @@ LOGGING = {
     # DJANGO_LOG_FORMAT: plain (default) or json, one object per line.
     "formatters": {"plain": {"()": "dashboard_project.logformat.from_environment"}},
     # channels-redis repeats a traceback every second while Redis is down.
-    "filters": {"repeats": {"()": "dashboard_project.logfilters.RepeatFilter", "loggers": ["channels_redis"]}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["repeats"]}},
+    # Probes, scrapes and /favicon.ico: no WARNING/ERROR line per request.
+    "filters": {
+        "repeats": {"()": "dashboard_project.logfilters.RepeatFilter", "loggers": ["channels_redis"]},
+        "quiet_probes": {"()": "telemetry.logfilters.QuietProbes"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["repeats", "quiet_probes"]}
+    },
     "root": {"handlers": ["console"], "level": os.environ.get("DJANGO_LOG_LEVEL", "INFO")},
 }

@@ -18,6 +18,7 @@ from django.conf import settings
 from metrics import selectors, services
 from metrics.errors import VALIDATION_ERROR
 from metrics.schema import BUCKETS, get_bucket
+from telemetry import instruments
 
 from . import fields
 from .auth import Session, TokenExpired, validate_token
@@ -75,6 +76,7 @@ async def auth_login(ctx: Context) -> Any:
     limit = settings.DASHBOARD["LOGIN_ATTEMPTS_PER_MINUTE"]
     retry_ms = login_failures.retry_after_ms(address, limit)
     if retry_ms:
+        instruments.LOGIN_FAILURES.inc()
         raise ProtocolError(RATE_LIMITED, f"Rate limit exceeded. Retry after {retry_ms}ms", {"retryAfterMs": retry_ms})
     token = fields.non_empty_string(ctx.body, "token")
     try:
@@ -85,6 +87,7 @@ async def auth_login(ctx: Context) -> Any:
         if session.expired():
             raise TokenExpired()
     except ProtocolError as error:
+        instruments.LOGIN_FAILURES.inc()
         failures = login_failures.add(address, limit)
         # The address and the outcome, never the token: a log must not hold credentials.
         logger.warning(
@@ -96,6 +99,7 @@ async def auth_login(ctx: Context) -> Any:
         )
         raise
     ctx.consumer.start_session(session)
+    instruments.LOGINS.inc()
     return session.as_login_result()
 
 

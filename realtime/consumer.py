@@ -13,6 +13,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from metrics.models import now_ms
+from telemetry import instruments
 
 from . import frames, shutdown, wire
 from .actions import ACTIONS, BATCHED, Context, Encoded, client_address
@@ -143,6 +144,7 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         # Coalescing already keeps one push per subscription: a client this
         # far behind is not reading. Free its frames and close it.
         logger.warning("closing a connection whose client does not read (%d bytes waiting)", self.outbox.queued)
+        instruments.SLOW_CONSUMER_CLOSES.inc()
         self.outbox.close()
         self._closing(self.close_with(CLOSE_POLICY_VIOLATION, "slow_consumer"))
 

@@ -18,6 +18,8 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 
+from telemetry import instruments
+
 from . import sqlite_watch
 from .connections import Connections
 from .layer import CHANGES_GROUP, PROCESS_ID, LayerLink, Message
@@ -48,7 +50,12 @@ class Hub:
                 return
             layer = get_channel_layer()
             self.link = LayerLink(layer, self.handle, self.queries.all_stale, settings.DASHBOARD["LAYER_PROBE_SECONDS"])
-            self.tasks = [*await self.link.join(), *self.queries.tasks(), *self.connections.tasks()]
+            self.tasks = [
+                *await self.link.join(),
+                *self.queries.tasks(),
+                *self.connections.tasks(),
+                *instruments.tasks(),
+            ]
             interval = settings.DASHBOARD["EXTERNAL_WRITES_POLL_SECONDS"]
             if sqlite_watch.hears_no_other_process(layer) and interval > 0:
                 self.tasks.append(
@@ -101,6 +108,23 @@ def running_hubs() -> list[Hub]:
     return list(_running.values())
 
 
+def telemetry_state() -> instruments.State:
+    """The process's connections, subscriptions and queues, for /metrics
+    (registered in RealtimeConfig.ready; read when scraped, from any thread:
+    it only reads counts)."""
+    state = instruments.State()
+    for hub in running_hubs():
+        authenticated = sum(1 for viewer in list(hub.connections.all) if viewer.session is not None)
+        state.connections_authenticated += authenticated
+        state.connections_unauthenticated += len(hub.connections) - authenticated
+        state.subscriptions += hub.queries.subscription_count
+        state.live_queries += len(hub.queries.live)
+        state.outbox_bytes += hub.outbox_ledger.total
+        if hub.link is not None and not hub.link.healthy:
+            state.layer_healthy = 0
+    return state
+
+
 async def stop_all() -> None:
     """Stops every hub and forgets them (tests, between event loops)."""
     for hub in list(_hubs.values()):
@@ -119,6 +143,7 @@ def forget_all() -> None:
 
 def publish_change(sender: Any, changes: dict[str, list[str] | None], **kwargs: Any) -> None:
     """`records_changed` receiver: runs in the committing thread, after commit."""
+    instruments.note_change(changes)
     _broadcast({"type": CHANGED_MESSAGE, "changes": changes}, "a store change")
 
 

@@ -17,6 +17,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from telemetry import instruments
+
 logger = logging.getLogger(__name__)
 
 CHANGES_GROUP = "dashboard.changes"
@@ -99,6 +101,7 @@ class LayerLink:
         while True:
             await asyncio.sleep(self._probe_seconds)
             if self._probes_sent > self._probe_returned:
+                instruments.LAYER_PROBE_FAILURES.inc()
                 self._failed("a layer probe did not come back", None)
             self._probes_sent += 1
             try:
@@ -106,6 +109,7 @@ class LayerLink:
                     CHANGES_GROUP, {"type": PROBE_MESSAGE, "origin": PROCESS_ID, "n": self._probes_sent}
                 )
             except Exception as error:
+                instruments.LAYER_PROBE_FAILURES.inc()
                 self._failed("could not send a layer probe", error)
 
     def _probe_came_back(self, n: int) -> None:

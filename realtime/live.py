@@ -19,6 +19,8 @@ from typing import Any, Protocol
 from channels.db import database_sync_to_async
 from django.conf import settings
 
+from telemetry import instruments
+
 from .auth import Session
 from .frames import encode, push_frame_prefix
 from .queries import QueryDef, QueryStore
@@ -113,6 +115,9 @@ class LiveQueries:
         self.lock = asyncio.Lock()
         self.rounds = 0
         self.changes_received = 0
+        # time.monotonic() when the oldest change not yet evaluated arrived
+        # (push latency, telemetry); None when nothing waits.
+        self.pending_since: float | None = None
 
     def tasks(self) -> list[asyncio.Task]:
         return [
@@ -167,6 +172,8 @@ class LiveQueries:
     def note_changes(self, buckets: Any) -> None:
         """These buckets changed (committed): evaluate what reads them."""
         self.changes_received += 1
+        if self.pending_since is None:
+            self.pending_since = time.monotonic()
         self.pending.update(buckets)
         self.wakeup.set()
 
@@ -219,19 +226,31 @@ class LiveQueries:
         async with self.lock:
             changed, self.pending = self.pending, set()
             due, self.due = self.due, set()
+            since, self.pending_since = self.pending_since, None
             lives = [live for key, live in self.live.items() if live.buckets & changed or key in due]
             if not lives:
                 return
             self.rounds += 1
+            started = time.monotonic()
             results = await database_sync_to_async(evaluate_all)(lives)
+            evaluated = time.monotonic()
             # From here to the end nothing awaits: subscriptions cannot change
             # under the loop, and each viewer only queues the frames.
+            pushes = push_bytes = 0
             for live, result in zip(lives, results, strict=False):
                 if not isinstance(result, BaseException):
-                    _deliver(live, result)
+                    sent, sent_bytes = _deliver(live, result)
+                    pushes += sent
+                    push_bytes += sent_bytes
+            # Counted once per round, not per viewer (telemetry/instruments.py).
+            instruments.note_round(
+                evaluated - started, time.monotonic() - since if since is not None else None, pushes, push_bytes
+            )
 
 
-def _deliver(live: LiveQuery, result: str) -> None:
+def _deliver(live: LiveQuery, result: str) -> tuple[int, int]:
+    """Pushes `result` to the subscriptions it is news to; returns how many
+    pushes were queued and their bytes (frame text)."""
     previous, live.last_json = live.last_json, result
     # Subscriptions that hold the previous round's string (most of them)
     # share one comparison; newer ones compare their own.
@@ -240,6 +259,7 @@ def _deliver(live: LiveQuery, result: str) -> None:
     # every subscriber: encoded once, when first needed.
     body: tuple[str, str] = (result, "}")
     body_utf8: tuple[bytes, bytes] | None = None
+    sent = prefix_bytes = 0
     # Delivery never changes the subscriptions synchronously (a close is
     # scheduled), so the dict is iterated as it is.
     for subscription in live.subscriptions.values():
@@ -253,3 +273,6 @@ def _deliver(live: LiveQuery, result: str) -> None:
         # subscription behind, so a later login catches it up.
         if subscription.viewer.deliver_push(subscription, body, body_utf8):
             subscription.last_json = result
+            sent += 1
+            prefix_bytes += len(subscription.frame_prefix)  # ASCII
+    return sent, (prefix_bytes + sent * (len(body_utf8[0]) + 1) if body_utf8 is not None else 0)

@@ -21,6 +21,8 @@ import time
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any
 
+from telemetry import instruments
+
 from .quotas import OutboxLedger
 
 logger = logging.getLogger(__name__)
@@ -125,6 +127,7 @@ class Outbox:
         slot = self._pushes.get(key)
         if slot is not None:
             # Not sent yet: only the newest result matters.
+            instruments.COALESCED_PUSHES.inc()
             self._grew(len(frame) - len(slot.frame))
             slot.frame = frame
         else:
