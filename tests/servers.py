@@ -32,7 +32,6 @@ import sys
 from functools import partial
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -64,8 +63,10 @@ STOP_TIMEOUT = 5.0
 COMMAND_TIMEOUT = 60.0
 LAYER_PROBE_SECONDS = 0.5
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
-# The machine's Redis (the database number is ours to choose: see redis_url).
-MACHINE_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+# The machine's Redis, on a database of the tests' own (not 0, which a
+# development server on the same machine may use): every test that uses
+# Redis takes this one setting (README "Tests").
+MACHINE_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
 def rss_mib(pid: int) -> float:
@@ -154,7 +155,7 @@ def template_database(tmp_path_factory) -> Path:
 
 
 def redis_url_if_reachable() -> str | None:
-    """The machine's Redis (db 0 is irrelevant: pub/sub spans databases), or None."""
+    """The machine's Redis at TEST_REDIS_URL, or None."""
     return MACHINE_REDIS_URL if redis_reachable(MACHINE_REDIS_URL) else None
 
 
@@ -244,12 +245,12 @@ def make_redis_server(log_dir: Path, port: int | None = None) -> RedisServer:
 
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory):
-    """The machine's Redis when reachable (a random database number: pub/sub
-    channels are shared across numbers anyway, and the hubs read the
-    database, so other users of that Redis cannot change what we see);
-    otherwise a redis-server of our own."""
+    """The machine's Redis at TEST_REDIS_URL when reachable (pub/sub channels
+    span database numbers, so each cluster has its own channel prefix, and
+    the hubs read the database, so other users of that Redis cannot change
+    what we see); otherwise a redis-server of our own."""
     if redis_reachable(MACHINE_REDIS_URL):
-        yield urlunsplit(urlsplit(MACHINE_REDIS_URL)._replace(path=f"/{secrets.randbelow(15) + 1}"))
+        yield MACHINE_REDIS_URL
         return
     server = make_redis_server(tmp_path_factory.mktemp("redis"))
     server.start()

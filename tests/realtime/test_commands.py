@@ -283,7 +283,7 @@ def redis_server(tmp_path, template_database):
     process shares; skipped without a reachable Redis."""
     url = redis_url_if_reachable()
     if url is None:
-        pytest.skip("no Redis at TEST_REDIS_URL (default redis://127.0.0.1:6379/0)")
+        pytest.skip("no Redis at TEST_REDIS_URL (default redis://127.0.0.1:6379/15)")
     process = live_server(tmp_path, template_database, REDIS_URL=url, DASHBOARD_REDIS_LAYER="pubsub")
     yield process
     process.stop()
