@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -32,6 +33,7 @@ PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 SKIPPED_RESOURCE_PREFIX = "telemetry.sdk."
 NO_VALUE = DataPointFlags.DATA_POINT_FLAGS_NO_RECORDED_VALUE_MASK
+_NESTING = re.compile(r"Failed to parse \w+ field: ")
 
 
 def decode(body: bytes, content_type: str) -> ExportMetricsServiceRequest:
@@ -52,7 +54,10 @@ def decode(body: bytes, content_type: str) -> ExportMetricsServiceRequest:
     try:
         json_format.ParseDict(document, request, ignore_unknown_fields=True)
     except (json_format.ParseError, RecursionError) as error:
-        raise HttpError(400, VALIDATION_ERROR, f"Invalid OTLP JSON body: {error}") from None
+        # The parser nests one "Failed to parse <f> field: " per level; the
+        # innermost message already names the whole path.
+        reason = _NESTING.sub("", str(error)).rstrip(".")
+        raise HttpError(400, VALIDATION_ERROR, f"Invalid OTLP JSON body: {reason}") from None
     return request
 
 
