@@ -72,6 +72,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "metrics.apps.MetricsConfig",
+    # After metrics: its receivers run after the derived tables' (docs/alerts.md).
+    "alerting.apps.AlertingConfig",
     "realtime.apps.RealtimeConfig",
     "accounts.apps.AccountsConfig",
     "telemetry.apps.TelemetryConfig",
@@ -285,6 +287,20 @@ DASHBOARD = {
     # from raw readings only while the range holds at most this many times
     # `points` readings; otherwise the step grows to a tier's.
     "SERIES_RAW_READINGS_PER_POINT": env_int("DASHBOARD_SERIES_RAW_READINGS_PER_POINT", 5),
+    # Alert webhook (docs/alerts.md): each alert transition is POSTed here
+    # as JSON, in order, retried with exponential backoff (from BACKOFF up to
+    # BACKOFF_MAX seconds) until delivered or GIVE_UP seconds old (0: never).
+    # Empty: transitions are recorded but not queued.
+    "ALERT_WEBHOOK_URL": os.environ.get("DASHBOARD_ALERT_WEBHOOK_URL", ""),
+    "ALERT_WEBHOOK_TIMEOUT_SECONDS": float(os.environ.get("DASHBOARD_ALERT_WEBHOOK_TIMEOUT_SECONDS", "5")),
+    "ALERT_WEBHOOK_BACKOFF_SECONDS": float(os.environ.get("DASHBOARD_ALERT_WEBHOOK_BACKOFF_SECONDS", "1")),
+    "ALERT_WEBHOOK_BACKOFF_MAX_SECONDS": float(os.environ.get("DASHBOARD_ALERT_WEBHOOK_BACKOFF_MAX_SECONDS", "60")),
+    "ALERT_WEBHOOK_GIVE_UP_SECONDS": float(os.environ.get("DASHBOARD_ALERT_WEBHOOK_GIVE_UP_SECONDS", "86400")),
+    # How often each server process looks at the queue (its own transitions
+    # wake it at once), and how long the lease of the one sending lasts
+    # without renewal (at least 3 x the timeout).
+    "ALERT_WEBHOOK_POLL_SECONDS": float(os.environ.get("DASHBOARD_ALERT_WEBHOOK_POLL_SECONDS", "1")),
+    "ALERT_WEBHOOK_LEASE_SECONDS": float(os.environ.get("DASHBOARD_ALERT_WEBHOOK_LEASE_SECONDS", "30")),
 }
 
 AUTH_PASSWORD_VALIDATORS = [

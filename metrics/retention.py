@@ -18,6 +18,8 @@ from django.db import connection, transaction
 
 from . import derived
 from .changes import note_change
+from .models import Metric
+from .signals import rows_removed_in_bulk
 
 DEFAULT_BATCH = 5000
 
@@ -89,6 +91,8 @@ def _delete_batch(seqs: list[int], cutoff: float) -> int:
                     removed[name].append((seq, value, ts))
         for name, rows in removed.items():
             derived.readings_removed_in_bulk(name, rows)
+        if removed:
+            rows_removed_in_bulk.send(sender=Metric, names=sorted(removed))
         count = sum(len(rows) for rows in removed.values())
         if count:
             note_change("metrics", None)

@@ -27,6 +27,8 @@ class FieldSpec:
     default: Any = None
     enum: tuple[str, ...] | None = None
     generated: bool = False
+    # A string that must not be empty (an alert's metric: a name to watch).
+    non_empty: bool = False
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,7 @@ BUCKETS: dict[str, BucketSchema] = {
         model=Alert,
         fields=(
             FieldSpec("id", "string", "key", generated=True),
-            FieldSpec("metric", "string", "metric", required=True),
+            FieldSpec("metric", "string", "metric", required=True, non_empty=True),
             FieldSpec("threshold", "number", "threshold", required=True),
             FieldSpec("severity", "string", "severity", default="low", enum=Alert.SEVERITIES),
             FieldSpec("timestamp", "number", "timestamp", required=True),
@@ -141,6 +143,8 @@ def _check_value(spec: FieldSpec, value: Any) -> tuple[Any, Issue | None]:
         return None, _issue(spec, "type", f'Expected type "string", got {json_type(value)}')
     if spec.enum is not None and value not in spec.enum:
         return None, _issue(spec, "enum", f"Value must be one of: {', '.join(spec.enum)}")
+    if spec.non_empty and not value:
+        return None, _issue(spec, "min", "Must be a non-empty string")
     if spec.name == "id" and not (0 < len(value) <= MAX_KEY_LENGTH):
         return None, _issue(spec, "max", f"Key must be 1 to {MAX_KEY_LENGTH} characters")
     return value, None

@@ -15,6 +15,7 @@ from .errors import CONFLICT, NOT_FOUND, StoreError
 from .models import Metric
 from .records import Record, from_instance
 from .schema import BucketSchema, validate_insert, validate_update
+from .signals import rows_removed_in_bulk
 
 
 def _key_text(key: Any) -> str:
@@ -78,6 +79,7 @@ def _clear(bucket: BucketSchema) -> dict[str, bool]:
         cursor.execute(f"DELETE FROM {table}")  # table name from the model, not the client
     if bucket.model is Metric:
         derived.clear()
+    rows_removed_in_bulk.send(sender=bucket.model, names=None)
     note_change(bucket.name, None)
     return {"cleared": True}
 

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import alerting.selectors
+from alerting.evaluation import STATE_CHANGES
 from metrics import selectors, series
 from metrics.errors import VALIDATION_ERROR, StoreError, invalid_field
 from metrics.schema import get_bucket, is_number, to_finite_float
@@ -72,6 +74,11 @@ class QueryStore:
         reader = BucketReader(name)
         self.buckets_read.add(name)
         return reader
+
+    def depends_on(self, change: str) -> None:
+        """The result also changes with `change`, a name changes are noted
+        under that is not a bucket (alerting.evaluation.STATE_CHANGES)."""
+        self.buckets_read.add(change)
 
     def refresh_by(self, at_ms: float | None) -> None:
         """The result must be evaluated again by `at_ms` (ms since epoch)
@@ -197,3 +204,21 @@ def metric_series(store: QueryStore, params: dict[str, Any]) -> Any:
     result = store.bucket("metrics").series(name, int(points), window)
     store.refresh_by(result.refresh_at)
     return result.data
+
+
+@define_query("alert-status")
+def alert_status(store: QueryStore, params: dict[str, Any]) -> Any:
+    """Each alert's state and its metric's newest value, in the alerts
+    bucket's order (docs/alerts.md)."""
+    store.bucket("alerts")
+    store.depends_on(STATE_CHANGES)
+    return alerting.selectors.alert_status()
+
+
+@define_query("alert-events", params=("n",))
+def alert_events(store: QueryStore, params: dict[str, Any]) -> Any:
+    """The newest n alert transitions, oldest first."""
+    n = param_positive_int(params, "n")
+    store.bucket("alerts")
+    store.depends_on(STATE_CHANGES)
+    return alerting.selectors.alert_events(n=n)

@@ -13,7 +13,7 @@ from django.db import connections
 
 from accounts.services import demo_tokens_seed
 from dashboard_project.asgi import application
-from metrics import records
+from metrics import models, records
 from realtime import hub as hubs
 from realtime.login_failures import login_failures
 
@@ -113,6 +113,27 @@ def demo_tokens(request):
         return
     request.getfixturevalue("db")
     demo_tokens_seed()
+
+
+class Clock:
+    """Stands in for the store's clock (metrics.models.now_ms), so record
+    times and alert times are exact."""
+
+    def __init__(self, now: int) -> None:
+        self.now = now
+
+    def __call__(self) -> int:
+        return self.now
+
+
+CLOCK_START = 1_700_000_000_000
+
+
+@pytest.fixture
+def clock(monkeypatch) -> Clock:
+    fake = Clock(CLOCK_START)
+    monkeypatch.setattr(models, "now_ms", fake)
+    return fake
 
 
 @pytest.fixture

@@ -8,29 +8,11 @@ import uuid
 
 import pytest
 
-from metrics import models
-from tests.conftest import metric
+from tests.conftest import CLOCK_START, metric
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-T0 = 1_700_000_000_000
-
-
-class Clock:
-    """Stands in for the store's clock, so record times are exact."""
-
-    def __init__(self, now: int) -> None:
-        self.now = now
-
-    def __call__(self) -> int:
-        return self.now
-
-
-@pytest.fixture
-def clock(monkeypatch) -> Clock:
-    fake = Clock(T0)
-    monkeypatch.setattr(models, "now_ms", fake)
-    return fake
+T0 = CLOCK_START  # the `clock` fixture's start (tests/conftest.py)
 
 
 def stored(key: str, data: dict, version: int = 1, created: int = T0, updated: int | None = None) -> dict:
@@ -413,7 +395,7 @@ async def test_stats(admin, connect):
             "buckets": {"count": 2, "names": ["metrics", "alerts"]},
             "records": {"total": metrics + alerts, "perBucket": {"metrics": metrics, "alerts": alerts}},
             "indexes": {"total": 1, "perBucket": {"metrics": 1, "alerts": 0}},
-            "queries": {"defined": 8, "activeSubscriptions": subscriptions},
+            "queries": {"defined": 10, "activeSubscriptions": subscriptions},
             "persistence": {"enabled": True},
             "ttl": {"enabled": False, "checkIntervalMs": 0},
         }

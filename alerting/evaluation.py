@@ -1,0 +1,160 @@
+"""Evaluates alerts inside the transactions that change readings or alerts.
+
+An alert fires while the newest reading (by insertion order) of its metric is
+above its threshold, is ok while it is at or below it, and has no data while
+the metric has no reading. A written or removed reading re-evaluates only the
+alerts on its name, found through the index on `AlertStatus.metric`; a name
+without alerts costs that one indexed query. A change of state is recorded as
+an `AlertTransition` in the same transaction (and queued for the webhook when
+one is configured). docs/alerts.md has the whole design.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db import connection, transaction
+
+from metrics import models as store
+from metrics.changes import note_change
+from metrics.models import Alert, Metric
+
+from . import webhook
+from .models import FIRING, NO_DATA, OK, AlertStatus, AlertTransition
+
+# What the alert queries read besides the `alerts` bucket: noted as changed
+# when an alert's state or value changes because of readings, so that writes
+# to names nobody watches never re-evaluate them.
+STATE_CHANGES = "alert-state"
+
+STATUS = AlertStatus._meta.db_table
+METRIC = Metric._meta.db_table
+
+
+def state_of(value: float | None, threshold: float) -> str:
+    if value is None:
+        return NO_DATA
+    return FIRING if value > threshold else OK
+
+
+@functools.cache
+def _statements(vendor: str) -> tuple[str, str]:
+    # PostgreSQL: the status rows are locked, so two transactions writing
+    # readings of one name evaluate one after the other, and the second sees
+    # the first's reading. SQLite has one writer at a time already.
+    lock = " FOR UPDATE" if vendor == "postgresql" else ""
+    watched = (
+        f"SELECT alert_id, alert_key, threshold, severity, state, value FROM {STATUS} "
+        f"WHERE metric = %s ORDER BY alert_id{lock}"
+    )
+    newest = f"SELECT value FROM {connection.ops.quote_name(METRIC)} WHERE name = %s ORDER BY seq DESC LIMIT 1"
+    return watched, newest
+
+
+def newest_value(name: str) -> float | None:
+    """The value of `name`'s newest reading by insertion order (through the
+    (name, seq) index), or None when it has none."""
+    with connection.cursor() as cursor:
+        cursor.execute(_statements(connection.vendor)[1], [name])
+        row = cursor.fetchone()
+    return None if row is None else float(row[0])
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """An alert's fields as a transition records them."""
+
+    key: str
+    metric: str
+    threshold: float
+    severity: str
+
+
+def _record(alert: Snapshot, before: str, after: str, value: float | None, at: int) -> None:
+    queued = bool(settings.DASHBOARD["ALERT_WEBHOOK_URL"])
+    AlertTransition.objects.create(
+        alert_key=alert.key,
+        metric=alert.metric,
+        threshold=alert.threshold,
+        severity=alert.severity,
+        from_state=before,
+        to_state=after,
+        value=value,
+        at=at,
+        pending=queued,
+        next_attempt_at=at if queued else None,
+    )
+    if queued:
+        # The local sender starts at once instead of at its next poll.
+        transaction.on_commit(webhook.wake)
+
+
+def readings_changed(names: Iterable[str]) -> None:
+    """Re-evaluates the alerts on these metric names: a reading of each was
+    written or removed in the current transaction (already in the table)."""
+    watched_sql, _ = _statements(connection.vendor)
+    changed: list[str] = []
+    with connection.cursor() as cursor:
+        for name in names:
+            cursor.execute(watched_sql, [name])
+            rows = cursor.fetchall()
+            if not rows:
+                continue
+            value = newest_value(name)
+            now = store.now_ms()
+            for alert_id, key, threshold, severity, state, old_value in rows:
+                after = state_of(value, threshold)
+                if after == state and old_value == value:
+                    continue
+                if after != state:
+                    _record(Snapshot(key, name, threshold, severity), state, after, value, now)
+                    cursor.execute(
+                        f"UPDATE {STATUS} SET state = %s, since = %s, value = %s WHERE alert_id = %s",
+                        [after, now, value, alert_id],
+                    )
+                else:
+                    cursor.execute(f"UPDATE {STATUS} SET value = %s WHERE alert_id = %s", [value, alert_id])
+                changed.append(key)
+    for key in changed:
+        note_change(STATE_CHANGES, key)
+
+
+def all_readings_changed() -> None:
+    """Any name may have lost readings (the bucket was cleared)."""
+    readings_changed(AlertStatus.objects.values_list("metric", flat=True).distinct().order_by("metric"))
+
+
+def alert_saved(alert: Alert) -> None:
+    """A new or edited alert: evaluated at once. Creating one records no
+    transition (it starts in its computed state, `since` null); an edit that
+    changes the state records one, with the alert as edited."""
+    # A shell's autocommit save too: the status row is locked and written
+    # in one transaction.
+    with transaction.atomic(savepoint=False):
+        _evaluate_alert(alert)
+
+
+def _evaluate_alert(alert: Alert) -> None:
+    value = newest_value(alert.metric)
+    after = state_of(value, alert.threshold)
+    copies = {"alert_key": alert.key, "metric": alert.metric, "threshold": alert.threshold, "severity": alert.severity}
+    status = AlertStatus.objects.select_for_update().filter(alert_id=alert.seq).first()
+    if status is None:
+        AlertStatus.objects.create(alert_id=alert.seq, state=after, since=None, value=value, **copies)
+        return
+    fields = {**copies, "value": value}
+    if after != status.state:
+        now = store.now_ms()
+        _record(Snapshot(alert.key, alert.metric, alert.threshold, alert.severity), status.state, after, value, now)
+        fields.update(state=after, since=now)
+    AlertStatus.objects.filter(alert_id=alert.seq).update(**fields)
+
+
+def alerts_cleared() -> None:
+    """Every alert was deleted by one statement (`store.clear`): their states
+    go with them. Their transitions stay, as history."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"DELETE FROM {STATUS}")

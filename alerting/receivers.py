@@ -1,0 +1,55 @@
+"""Signal receivers: every write path that changes readings or alerts (the
+protocol's services, the Django admin, a shell, the bulk paths) reaches
+alerting.evaluation through these, inside the writing transaction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models.signals import post_delete, post_save, pre_save
+
+from metrics.models import Alert, Metric
+from metrics.signals import rows_removed_in_bulk
+
+from . import evaluation
+
+
+def _metric_before_save(sender: Any, instance: Metric, **kwargs: Any) -> None:
+    # An edited reading may have changed its name: the old name's alerts
+    # must be evaluated too. New readings (the hot path) cost nothing here.
+    if instance._state.adding or instance.seq is None:
+        return
+    old = Metric._default_manager.filter(seq=instance.seq).values_list("name", flat=True).first()
+    instance._alerting_old_name = old  # type: ignore[attr-defined]
+
+
+def _metric_saved(sender: Any, instance: Metric, **kwargs: Any) -> None:
+    old = getattr(instance, "_alerting_old_name", None)
+    names = [instance.name] if old is None or old == instance.name else [instance.name, old]
+    evaluation.readings_changed(names)
+
+
+def _metric_deleted(sender: Any, instance: Metric, **kwargs: Any) -> None:
+    evaluation.readings_changed([instance.name])
+
+
+def _alert_saved(sender: Any, instance: Alert, **kwargs: Any) -> None:
+    evaluation.alert_saved(instance)
+
+
+def _removed_in_bulk(sender: Any, names: list[str] | None, **kwargs: Any) -> None:
+    if sender is Alert:
+        evaluation.alerts_cleared()
+    elif sender is Metric:
+        if names is None:
+            evaluation.all_readings_changed()
+        else:
+            evaluation.readings_changed(names)
+
+
+def connect() -> None:
+    pre_save.connect(_metric_before_save, sender=Metric, dispatch_uid="alerting-metric-before-save")
+    post_save.connect(_metric_saved, sender=Metric, dispatch_uid="alerting-metric-saved")
+    post_delete.connect(_metric_deleted, sender=Metric, dispatch_uid="alerting-metric-deleted")
+    post_save.connect(_alert_saved, sender=Alert, dispatch_uid="alerting-alert-saved")
+    rows_removed_in_bulk.connect(_removed_in_bulk, dispatch_uid="alerting-rows-removed-in-bulk")

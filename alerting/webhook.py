@@ -1,0 +1,258 @@
+"""Delivers queued alert transitions to DASHBOARD_ALERT_WEBHOOK_URL.
+
+Transitions are queued in the database by the transaction that records them
+(`AlertTransition.pending`). Each server process runs one `Sender` thread;
+the one holding the lease (`WebhookLease`, claimed and renewed by an atomic
+UPDATE, so it works the same on SQLite and PostgreSQL) POSTs the queue's head,
+oldest first, one at a time: a failure or timeout is retried with exponential
+backoff and nothing behind it is sent first, so the receiver sees
+transitions in order. A process that dies holding the lease loses it when it
+expires; its unfinished transition is sent again by the next holder (delivery
+is at least once: the `X-Alert-Transition-Id` header lets a receiver drop a
+repeat). The write path only inserts a row: a slow or absent receiver never
+blocks it. docs/alerts.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.db import close_old_connections, connection
+
+from metrics.models import now_ms
+
+logger = logging.getLogger(__name__)
+
+LEASE_ROW = 1
+# Failures are logged at most this often (with how many were not), so a
+# receiver down for hours does not flood the log.
+LOG_EVERY_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Config:
+    url: str
+    timeout: float
+    backoff: float
+    backoff_max: float
+    give_up_after: float  # seconds after the transition; 0: never
+    poll: float
+    lease: float
+
+    @classmethod
+    def from_settings(cls) -> Config:
+        limits = settings.DASHBOARD
+        timeout = float(limits["ALERT_WEBHOOK_TIMEOUT_SECONDS"])
+        return cls(
+            url=str(limits["ALERT_WEBHOOK_URL"]),
+            timeout=timeout,
+            backoff=float(limits["ALERT_WEBHOOK_BACKOFF_SECONDS"]),
+            backoff_max=float(limits["ALERT_WEBHOOK_BACKOFF_MAX_SECONDS"]),
+            give_up_after=float(limits["ALERT_WEBHOOK_GIVE_UP_SECONDS"]),
+            poll=float(limits["ALERT_WEBHOOK_POLL_SECONDS"]),
+            # A POST must end well within the lease, or another process could
+            # take over and send the same transition while it is under way.
+            lease=max(float(limits["ALERT_WEBHOOK_LEASE_SECONDS"]), 3 * timeout),
+        )
+
+    def delay_after(self, attempts: int) -> float:
+        """Seconds before the next try after `attempts` failed ones."""
+        return float(min(self.backoff * 2 ** min(attempts - 1, 30), self.backoff_max))
+
+
+def _tables() -> tuple[str, str]:
+    from .models import AlertTransition, WebhookLease
+
+    return AlertTransition._meta.db_table, WebhookLease._meta.db_table
+
+
+def claim_lease(holder: str, lease_seconds: float) -> bool:
+    """Takes or renews the lease for `holder`; False while another holds it."""
+    _, lease = _tables()
+    now = now_ms()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {lease} SET holder = %s, expires_at = %s WHERE id = %s AND (holder = %s OR expires_at < %s)",
+            [holder, now + int(lease_seconds * 1000), LEASE_ROW, holder, now],
+        )
+        if cursor.rowcount:
+            return True
+        # The row is made by the migration; made here if someone deleted it.
+        cursor.execute(
+            f"INSERT INTO {lease} (id, holder, expires_at) VALUES (%s, '', 0) ON CONFLICT (id) DO NOTHING", [LEASE_ROW]
+        )
+        return False
+
+
+def release_lease(holder: str) -> None:
+    _, lease = _tables()
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE {lease} SET expires_at = 0 WHERE id = %s AND holder = %s", [LEASE_ROW, holder])
+
+
+def post(url: str, body: dict[str, Any], transition_id: int, timeout: float) -> str | None:
+    """POSTs one transition; None when the receiver answered 2xx, else why not."""
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json", "X-Alert-Transition-Id": str(transition_id)},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            response.read(65536)
+            status = response.status
+    except urllib.error.HTTPError as error:
+        return f"HTTP {error.code}"
+    except (OSError, ValueError) as error:  # refused, timed out, reset, bad URL
+        return f"{type(error).__name__}: {error}"
+    return None if 200 <= status < 300 else f"HTTP {status}"
+
+
+class Sender:
+    """One process's sender: `step()` does one unit of work and says how long
+    to wait before the next; `run()` loops it (the thread's body)."""
+
+    def __init__(self, config: Config, holder: str | None = None) -> None:
+        self.config = config
+        self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.wakeup = threading.Event()
+        self.stopping = threading.Event()
+        self.delivered = 0
+        self.failures = 0
+        self._last_logged = 0.0
+        self._unlogged = 0
+
+    def step(self) -> float:
+        from .models import AlertTransition
+        from .selectors import transition_body
+
+        config = self.config
+        if not claim_lease(self.holder, config.lease):
+            return config.poll
+        head = AlertTransition.objects.filter(pending=True).order_by("id").first()
+        if head is None:
+            return config.poll
+        now = now_ms()
+        if head.next_attempt_at is not None and head.next_attempt_at > now:
+            return min((head.next_attempt_at - now) / 1000, config.poll)
+        table, _ = _tables()
+        if config.give_up_after > 0 and head.attempts > 0 and now - head.at > config.give_up_after * 1000:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    f"UPDATE {table} SET pending = %s, given_up_at = %s WHERE id = %s", [False, now, head.id]
+                )
+            logger.error(
+                "alert webhook: gave up on transition %s after %s attempts (older than %.0f s)",
+                head.id,
+                head.attempts,
+                config.give_up_after,
+            )
+            return 0.0
+        failure = post(config.url, transition_body(head), head.id, config.timeout)
+        attempts = head.attempts + 1
+        done = now_ms()
+        with connection.cursor() as cursor:
+            if failure is None:
+                cursor.execute(
+                    f"UPDATE {table} SET pending = %s, delivered_at = %s, attempts = %s WHERE id = %s",
+                    [False, done, attempts, head.id],
+                )
+            else:
+                retry_at = done + int(config.delay_after(attempts) * 1000)
+                cursor.execute(
+                    f"UPDATE {table} SET attempts = %s, next_attempt_at = %s WHERE id = %s",
+                    [attempts, retry_at, head.id],
+                )
+        if failure is None:
+            self.delivered += 1
+            if self.failures:
+                logger.info("alert webhook: delivering again after %s failed attempts", self.failures)
+                self.failures = 0
+            return 0.0
+        self.failures += 1
+        self._log_failure(f"alert webhook: transition {head.id} not delivered ({failure}); attempt {attempts}")
+        return min(config.delay_after(attempts), config.poll)
+
+    def _log_failure(self, message: str) -> None:
+        now = time.monotonic()
+        if now - self._last_logged < LOG_EVERY_SECONDS and self._last_logged:
+            self._unlogged += 1
+            return
+        suffix = f" ({self._unlogged} more failures not logged)" if self._unlogged else ""
+        self._last_logged, self._unlogged = now, 0
+        logger.warning("%s%s; next report in %.0f s at most", message, suffix, LOG_EVERY_SECONDS)
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            # Cleared before the step: a wake during it is not lost.
+            self.wakeup.clear()
+            close_old_connections()
+            try:
+                delay = self.step()
+            except Exception:
+                self._log_failure("alert webhook sender failed")
+                logger.debug("alert webhook sender failure", exc_info=True)
+                delay = self.config.poll
+            if delay > 0:
+                self.wakeup.wait(delay)
+        try:
+            release_lease(self.holder)
+        except Exception:
+            logger.exception("alert webhook: could not release the lease")
+        finally:
+            connection.close()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.wakeup.set()
+
+
+_sender: Sender | None = None
+_thread: threading.Thread | None = None
+
+
+def start() -> Sender | None:
+    """Starts this process's sender thread when a webhook URL is configured
+    (a server process calls it once, from dashboard_project/asgi.py)."""
+    global _sender, _thread
+    config = Config.from_settings()
+    if not config.url or _sender is not None:
+        return _sender
+    if urllib.parse.urlsplit(config.url).scheme not in ("http", "https"):
+        logger.error("alert webhook: DASHBOARD_ALERT_WEBHOOK_URL must be an http or https URL; not sending")
+        return None
+    _sender = Sender(config)
+    _thread = threading.Thread(target=_sender.run, name="alert-webhook", daemon=True)
+    _thread.start()
+    # Scheme and host only: the path or query may hold a secret.
+    target = urllib.parse.urlsplit(config.url)
+    logger.info("alert webhook: sending transitions to %s://%s", target.scheme, target.hostname)
+    return _sender
+
+
+def stop(timeout: float = 5.0) -> None:
+    global _sender, _thread
+    if _sender is not None:
+        _sender.stop()
+    if _thread is not None:
+        _thread.join(timeout)
+    _sender = _thread = None
+
+
+def wake() -> None:
+    """A transition was queued (after commit): the local sender looks now."""
+    if _sender is not None:
+        _sender.wakeup.set()
