@@ -4,6 +4,7 @@
 
 import { ProtocolClient } from "./protocol.js";
 import {
+  AlertEvents,
   AlertsList,
   Counter,
   LatestTable,
@@ -11,6 +12,7 @@ import {
   MetricChart,
   RangePicker,
   StatsTiles,
+  alertsByMetric,
   formatCount,
   formatNumber,
   formatTime,
@@ -22,6 +24,7 @@ const CHARTS_KEY = "dashboard.charts";
 const ROWS_KEY = "dashboard.rows";
 const RANGE_KEY = "dashboard.range";
 const DEFAULT_CHARTS = 4;
+const ALERT_EVENTS_SHOWN = 5;
 const HOUR = 3600_000;
 const DEFAULT_RANGE = { last: HOUR };
 // A chart asks again for its series when its width would change the number
@@ -252,6 +255,25 @@ function startWidgets() {
   });
   const table = new LatestTable($("latest"));
   const alerts = new AlertsList($("alerts"), $("alerts-summary"));
+  const alertEvents = new AlertEvents($("alert-events"));
+  // The alert-status entries by metric name: tiles and charts of a metric
+  // whose alert fires are marked, and its charts draw the thresholds.
+  // Like the widgets, at most once per animation frame: every reading of a
+  // metric with an alert changes its `value`, so pushes can come in bursts.
+  let alertMarks = new Map();
+  let alertList = null;
+  let alertFrame = 0;
+  const markAlerts = () => {
+    alertFrame = 0;
+    alertMarks = alertsByMetric(alertList);
+    tiles.setAlerts(alertMarks);
+    for (const [name, entry] of charts) entry.chart.setAlerts(alertMarks.get(name) || []);
+  };
+  const showAlerts = (list) => {
+    alerts.set(list);
+    alertList = list;
+    if (!alertFrame) alertFrame = requestAnimationFrame(markAlerts);
+  };
 
   // Each chart subscribes to its name's series over the page's range, in
   // about as many buckets as it has pixels to show them: the server's cost
@@ -307,6 +329,7 @@ function startWidgets() {
       let entry = charts.get(name);
       if (!entry) {
         const chart = new MetricChart(name, { onSelectRange: chooseFixedRange, onResize: onChartResize });
+        chart.setAlerts(alertMarks.get(name) || []);
         entry = { chart, subscription: null, params: null };
         charts.set(name, entry);
         added.push(entry);
@@ -321,7 +344,9 @@ function startWidgets() {
 
   subscriptions.push(client.subscribe("metric-count", null, (count) => counter.set(count)));
   subscriptions.push(client.subscribe("metric-stats", null, (stats) => tiles.set(stats)));
-  subscriptions.push(client.subscribe("active-alerts", null, (list) => alerts.set(list)));
+  // alert-status carries every alert with its state: active-alerts would only repeat the alerts.
+  subscriptions.push(client.subscribe("alert-status", null, showAlerts));
+  subscriptions.push(client.subscribe("alert-events", { n: ALERT_EVENTS_SHOWN }, (list) => alertEvents.set(list)));
 
   const rowsInput = $("latest-n");
   rowsInput.value = sessionStorage.getItem(ROWS_KEY) || rowsInput.value;
@@ -354,6 +379,7 @@ function startWidgets() {
   widgets = {
     rangeChanged: onRangeChanged,
     stop() {
+      cancelAnimationFrame(alertFrame);
       clearTimeout(rowsTimer);
       clearTimeout(resizeTimer);
       clearTimeout(rangeTimer);
@@ -366,7 +392,7 @@ function startWidgets() {
         chart.destroy();
       }
       charts.clear();
-      for (const id of ["tiles", "charts", "alerts", "latest"]) $(id).replaceChildren();
+      for (const id of ["tiles", "charts", "alerts", "alert-events", "latest"]) $(id).replaceChildren();
       $("metric-count").textContent = "–";
       $("alerts-summary").textContent = "";
     },

@@ -213,6 +213,22 @@ export class StatsTiles extends Widget {
     this.isCharted = isCharted;
     this.onRender = onRender;
     this.stats = [];
+    this.alerts = new Map(); // metric name -> its alert-status entries
+  }
+
+  /** Marks the tiles of metrics whose alerts fire (`byMetric` from alertsByMetric()). */
+  setAlerts(byMetric) {
+    // Only tiles with alerts, now or before, can change: not every tile on every push.
+    const names = new Set([...this.alerts.keys(), ...byMetric.keys()]);
+    this.alerts = byMetric;
+    for (const name of names) {
+      const node = this.nodes.get(name);
+      if (node) this._mark(node, name);
+    }
+  }
+
+  _mark(node, name) {
+    markFiring(node, node.querySelector(".alert-badge"), this.alerts.get(name) || []);
   }
 
   render(stats) {
@@ -249,11 +265,13 @@ export class StatsTiles extends Widget {
       { class: "tile", "data-name": s.name, style: `--series: ${colourFor(s.name)}` },
       // The button first: it floats right, and a long name flows around it.
       el("div", { class: "tile-head" }, toggle, el("h3", { class: "tile-name" })),
+      el("p", { class: "alert-badge", hidden: "" }),
       el("p", { class: "tile-last" }, el("span", { class: "tile-value", "data-field": "last" }), " ", el("span", { class: "tile-unit", "data-field": "unit" })),
       figures,
     );
     setName(node.querySelector(".tile-name"), s.name);
     this._update(node, s);
+    this._mark(node, s.name);
     return node;
   }
 
@@ -316,7 +334,77 @@ export class LatestTable extends Widget {
   }
 }
 
-/** Alerts (`active-alerts`), newest first, with their severity. */
+// --- alerts: `alert-status` and `alert-events` ------------------------------------
+
+const STATE_ORDER = { firing: 0, "no-data": 1, ok: 2 };
+const SEVERITY_ORDER = { high: 0, medium: 1, low: 2 };
+const STATE_WORDS = { firing: "firing", "no-data": "no data", ok: "ok" };
+// The canvas's colours for each severity, matching the list's edges in dashboard.css.
+export const SEVERITY_COLOURS = { high: "#ef4444", medium: "#f59e0b", low: "#38bdf8" };
+
+/** "10:01:05 PM", with the date when it is not today. */
+function formatMoment(ms) {
+  const sameDay = new Date(ms).toDateString() === new Date().toDateString();
+  return rangeFormat(!sameDay, true).format(ms);
+}
+
+/**
+ * The `alert-status` entries in the order the list shows them: firing first
+ * (the most severe first, then the one that started last), then no-data,
+ * then ok (the most severe first, then the newest alert).
+ */
+export function alertOrder(alerts) {
+  const indexed = alerts.map((alert, index) => ({ alert, index }));
+  indexed.sort((x, y) => {
+    const [a, b] = [x.alert, y.alert];
+    return (
+      (STATE_ORDER[a.state] ?? 3) - (STATE_ORDER[b.state] ?? 3) ||
+      (SEVERITY_ORDER[a.severity] ?? 3) - (SEVERITY_ORDER[b.severity] ?? 3) ||
+      (a.state === "firing" ? (b.since ?? 0) - (a.since ?? 0) : 0) ||
+      y.index - x.index
+    );
+  });
+  return indexed.map(({ alert }) => alert);
+}
+
+/** The `alert-status` entries by metric name, and the most severe firing one of each. */
+export function alertsByMetric(alerts) {
+  const byMetric = new Map();
+  for (const alert of alertOrder(alerts)) {
+    if (!byMetric.has(alert.metric)) byMetric.set(alert.metric, []);
+    byMetric.get(alert.metric).push(alert);
+  }
+  return byMetric;
+}
+
+/** The alert that marks a tile or chart: the first firing one (alertOrder puts the most severe first). */
+function firingOf(alerts) {
+  return alerts.find((a) => a.state === "firing") || null;
+}
+
+/**
+ * Marks `node` (a tile or a chart card) while an alert on its metric fires:
+ * `data-alert="firing"` and `data-severity` for the stylesheet's coloured
+ * border, and a badge saying which alert.
+ */
+function markFiring(node, badge, alerts) {
+  const firing = firingOf(alerts);
+  if (firing === null) {
+    delete node.dataset.alert;
+    delete node.dataset.severity;
+    badge.hidden = true;
+    setText(badge, "");
+    return;
+  }
+  node.dataset.alert = "firing";
+  node.dataset.severity = firing.severity;
+  const more = alerts.filter((a) => a.state === "firing").length - 1;
+  setText(badge, `${firing.severity} · above ${formatNumber(firing.threshold)}${more > 0 ? ` (+${more})` : ""}`);
+  badge.title = `Alert firing since ${formatMoment(firing.since)}`;
+  badge.hidden = false;
+}
+
+/** Alerts with their state (`alert-status`): firing first, in their severity's colour. */
 export class AlertsList extends Widget {
   constructor(list, summary) {
     super();
@@ -326,14 +414,18 @@ export class AlertsList extends Widget {
   }
 
   render(alerts) {
-    const shown = alerts.slice(-MAX_ALERTS_SHOWN).reverse();
+    const ordered = alertOrder(alerts);
+    const shown = ordered.slice(0, MAX_ALERTS_SHOWN);
     reconcile(this.list, this.nodes, shown, (a) => a.id, (a) => this._create(a), (node, a) => this._update(node, a));
-    const hidden = alerts.length - shown.length;
-    setText(
-      this.summary,
-      alerts.length === 0 ? "No alerts." : hidden > 0 ? `${alerts.length} alerts, newest ${shown.length} shown.` : "",
-    );
-    this.list.dataset.count = String(alerts.length);
+    const counts = { firing: 0, "no-data": 0, ok: 0 };
+    for (const a of alerts) counts[a.state] = (counts[a.state] || 0) + 1;
+    let text = "No alerts.";
+    if (alerts.length > 0) {
+      text = Object.entries(counts).map(([state, n]) => `${formatCount(n)} ${STATE_WORDS[state] || state}`).join(" · ");
+      if (shown.length < alerts.length) text += ` (first ${shown.length} shown)`;
+    }
+    setText(this.summary, text);
+    Object.assign(this.list.dataset, { count: String(alerts.length), firing: String(counts.firing) });
   }
 
   _create(a) {
@@ -341,22 +433,60 @@ export class AlertsList extends Widget {
       "li",
       { class: "alert", "data-id": a.id },
       el("span", { class: "severity" }),
-      el("span", { class: "alert-text" }),
-      el("time"),
+      el("span", { class: "alert-text" }, el("span", { class: "alert-rule" }), el("span", { class: "alert-value" })),
+      el("span", { class: "alert-when" }, el("span", { class: "alert-state" }), el("time")),
     );
     this._update(node, a);
     return node;
   }
 
   _update(node, a) {
-    if (node.dataset.version === String(a._version)) return;
-    node.dataset.version = String(a._version);
-    node.dataset.severity = a.severity;
+    Object.assign(node.dataset, { severity: a.severity, state: a.state, metric: a.metric });
     setText(node.querySelector(".severity"), a.severity);
-    setText(node.querySelector(".alert-text"), `${a.metric} above ${formatNumber(a.threshold)}`);
+    setText(node.querySelector(".alert-rule"), `${a.metric} above ${formatNumber(a.threshold)}`);
+    setText(node.querySelector(".alert-value"), a.value === null || a.value === undefined ? "" : `now ${formatNumber(a.value)}`);
+    const word = STATE_WORDS[a.state] || a.state;
+    setText(node.querySelector(".alert-state"), a.since === null || a.since === undefined ? word : `${word} since`);
     const time = node.querySelector("time");
-    setText(time, formatTime(a.timestamp));
-    time.setAttribute("datetime", isoTime(a.timestamp));
+    if (a.since === null || a.since === undefined) {
+      setText(time, "");
+      time.removeAttribute("datetime");
+      delete node.dataset.since;
+    } else {
+      setText(time, formatMoment(a.since));
+      time.setAttribute("datetime", isoTime(a.since));
+      node.dataset.since = String(a.since);
+    }
+  }
+}
+
+// A transition never changes once recorded: its id, else what it is made of, names it.
+const eventKey = (e) => String(e.id ?? `${e.alert && e.alert.id} ${e.at} ${e.from} ${e.to}`);
+
+/** The newest changes of state (`alert-events`, oldest first), shown newest first. */
+export class AlertEvents extends Widget {
+  constructor(list) {
+    super();
+    this.list = list;
+    this.nodes = new Map();
+  }
+
+  render(events) {
+    const newestFirst = events.slice().reverse();
+    reconcile(this.list, this.nodes, newestFirst, eventKey, (e) => this._create(e), () => {});
+    this.list.dataset.count = String(events.length);
+  }
+
+  _create(e) {
+    const alert = e.alert || {};
+    const value = e.value === null || e.value === undefined ? "" : ` (${formatNumber(e.value)})`;
+    return el(
+      "li",
+      { class: "alert-event", "data-key": eventKey(e), "data-to": e.to, "data-severity": alert.severity || "" },
+      el("time", { datetime: isoTime(e.at), text: formatMoment(e.at) }),
+      el("span", { text: `${alert.metric} above ${formatNumber(alert.threshold)}: ` }),
+      el("span", { class: "event-change", text: `${STATE_WORDS[e.from] || e.from} → ${STATE_WORDS[e.to] || e.to}${value}` }),
+    );
   }
 }
 
@@ -537,6 +667,11 @@ export class MetricChart extends Widget {
     this.ticks = []; // time labels drawn: [{value, text}]
     this.sparse = false;
     this.isolated = null;
+    this.alerts = []; // alert-status entries on this name: their thresholds are drawn
+    this.alertsKey = "[]";
+    this.drawn = null; // the data last given to uPlot
+    this.description = "";
+    this.badge = el("span", { class: "alert-badge", hidden: "" });
     this.summary = el("span", { class: "chart-summary" });
     this.area = el("div", { class: "chart-plot", role: "img" });
     this.readout = el("p", { class: "chart-readout" }, el("time"), el("span", { class: "readout-value" }));
@@ -545,7 +680,7 @@ export class MetricChart extends Widget {
     this.node = el(
       "figure",
       { class: "chart-card", "data-name": name, "data-query": "metric-series", style: `--series: ${colourFor(name)}` },
-      el("figcaption", {}, title, this.summary),
+      el("figcaption", {}, title, this.badge, this.summary),
       this.area,
       this.readout,
     );
@@ -557,6 +692,23 @@ export class MetricChart extends Widget {
   pointsWanted() {
     const width = this.plot ? this.plot.bbox.width / uPlot.pxRatio : this._size().width - PLOT_INSET;
     return Math.min(MAX_SERIES_POINTS, Math.max(1, Math.round(width / PX_PER_POINT)));
+  }
+
+  /**
+   * The alerts on this name (`alert-status` entries): marks the chart while
+   * one fires, and draws each threshold as a line (solid while firing, dashed
+   * otherwise), inside the value axis's range.
+   */
+  setAlerts(alerts) {
+    markFiring(this.node, this.badge, alerts);
+    // A push that changed only a reading's value leaves the lines as they are.
+    const key = JSON.stringify(alerts.map((a) => [a.id, a.threshold, a.severity, a.state]));
+    this.alerts = alerts;
+    if (key === this.alertsKey) return;
+    this.alertsKey = key;
+    this._describe();
+    // setData recomputes the value axis's range (which holds the thresholds) and redraws.
+    if (this.plot && this.drawn) this.plot.setData(this.drawn);
   }
 
   /** Records the params of the subscription that will feed this chart. */
@@ -598,6 +750,7 @@ export class MetricChart extends Widget {
 
     // An empty range still gets its time axis.
     const drawn = avg.length ? data : [[...this.range], [null, null], [null, null], [null, null]];
+    this.drawn = drawn;
     if (this.plot === null || result.unit !== this.unit || power !== this.power) {
       this.unit = result.unit;
       this.power = power;
@@ -610,7 +763,8 @@ export class MetricChart extends Widget {
     for (const p of result.points) readings += p.count;
     const label = this._axisLabel();
     const span = formatRange(result.from, result.to, { seconds: result.step < MINUTE });
-    this.area.setAttribute("aria-label", `${this.name} from ${span}, ${label}, ${formatCount(readings)} readings`);
+    this.description = `${this.name} from ${span}, ${label}, ${formatCount(readings)} readings`;
+    this._describe();
     setText(this.summary, `${formatCount(readings)} reading${readings === 1 ? "" : "s"} · ${formatDuration(result.step)} steps`);
     Object.assign(this.node.dataset, {
       from: String(result.from),
@@ -634,6 +788,59 @@ export class MetricChart extends Widget {
     this.resizer.disconnect();
     if (this.plot) this.plot.destroy();
     this.node.remove();
+  }
+
+  _describe() {
+    const lines = this.alerts.map((a) => `${a.severity} alert above ${formatNumber(a.threshold)}, ${STATE_WORDS[a.state] || a.state}`);
+    this.area.setAttribute("aria-label", [this.description, ...lines].filter(Boolean).join("; "));
+  }
+
+  // The value axis: uPlot's own default range, widened to hold every threshold.
+  _valueRange(dataMin, dataMax) {
+    let [min, max] = [dataMin, dataMax];
+    for (const { threshold } of this.alerts) {
+      if (typeof threshold !== "number") continue;
+      min = min === null ? threshold : Math.min(min, threshold);
+      max = max === null ? threshold : Math.max(max, threshold);
+    }
+    return min === null ? [null, null] : uPlot.rangeNum(min, max, 0.1, true);
+  }
+
+  // Each alert's threshold across the plot, with its severity and value at the
+  // right end; recorded for checks as [{threshold, severity, state, y}] (y in
+  // canvas pixels from the canvas's top, where the line's lower half lies).
+  _drawThresholds(u) {
+    const ratio = uPlot.pxRatio;
+    const { left, top, width, height } = u.bbox;
+    const { ctx } = u;
+    const lines = [];
+    ctx.save();
+    ctx.beginPath();
+    ctx.rect(left, top, width, height);
+    ctx.clip();
+    ctx.font = `600 ${Math.round(12 * ratio)}px system-ui, sans-serif`;
+    ctx.textAlign = "right";
+    for (const a of this.alerts) {
+      if (typeof a.threshold !== "number") continue;
+      const y = Math.round(u.valToPos(a.threshold, "y", true));
+      const colour = SEVERITY_COLOURS[a.severity] || AXIS.stroke;
+      const firing = a.state === "firing";
+      ctx.strokeStyle = colour;
+      ctx.fillStyle = colour;
+      ctx.lineWidth = 2 * ratio;
+      ctx.setLineDash(firing ? [] : [6 * ratio, 4 * ratio]);
+      ctx.beginPath();
+      ctx.moveTo(left, y);
+      ctx.lineTo(left + width, y);
+      ctx.stroke();
+      // The label above the line, or below it when the line runs along the top.
+      const above = y - top > 18 * ratio;
+      ctx.textBaseline = above ? "bottom" : "top";
+      ctx.fillText(`${a.severity} ${formatNumber(a.threshold)}`, left + width - 4 * ratio, above ? y - 3 * ratio : y + 3 * ratio);
+      lines.push({ threshold: a.threshold, severity: a.severity, state: a.state, y });
+    }
+    ctx.restore();
+    this.node.dataset.thresholds = JSON.stringify(lines);
   }
 
   _axisLabel() {
@@ -664,7 +871,10 @@ export class MetricChart extends Widget {
         padding: PADDING,
         legend: { show: false },
         cursor: { drag: { x: true, y: false, setScale: false, dist: 6 } },
-        scales: { x: { time: true, range: () => this.range } },
+        scales: {
+          x: { time: true, range: () => this.range },
+          y: { range: (u, dataMin, dataMax) => this._valueRange(dataMin, dataMax) },
+        },
         series: [
           {},
           {
@@ -699,7 +909,7 @@ export class MetricChart extends Widget {
           },
         ],
         hooks: {
-          draw: [(u) => this._recordTicks(u)],
+          draw: [(u) => this._recordTicks(u), (u) => this._drawThresholds(u)],
           setCursor: [(u) => this._showReadout(u.cursor.idx)],
           setSelect: [(u) => this._select(u)],
         },

@@ -231,6 +231,7 @@ async def test_admin_form_pushes_a_metric_that_a_viewer_page_sees(admin, open_pa
     alert = viewer.locator("#alerts li")
     await expect(alert).to_have_count(1)
     await expect(alert).to_have_attribute("data-severity", "high")
+    await expect(alert).to_have_attribute("data-state", "firing")
     await expect(alert).to_contain_text("disk above 40")
     badge = alert.locator(".severity")
     assert await badge.evaluate("e => getComputedStyle(e).backgroundColor") == "rgb(220, 38, 38)"
@@ -787,3 +788,165 @@ async def test_accessible_basics_at_wall_screen_and_phone_sizes(admin, open_page
     small = await page.evaluate("""() => [...document.querySelectorAll('#admin-panel button, #admin-panel input')]
       .filter(e => e.getBoundingClientRect().height < 24).map(e => e.outerHTML)""")
     assert small == []
+
+
+# --- alerts: alert-status and alert-events ------------------------------------------
+
+# The alerts panel as shown: [{id, state, severity, text, since}] in order,
+# `text` being its non-empty pieces (severity, rule, value, state, time) joined by " | ".
+ALERTS_SHOWN = """() => [...document.querySelectorAll('#alerts li')].map((li) => ({
+  id: li.dataset.id, state: li.dataset.state, severity: li.dataset.severity,
+  text: [...li.querySelectorAll('.severity, .alert-rule, .alert-value, .alert-state, time')]
+    .map((e) => e.textContent).filter(Boolean).join(' | '),
+  since: li.dataset.since === undefined ? null : +li.dataset.since,
+}))"""
+
+# What a chart drew along each threshold it recorded: the share of the plot's
+# width, on the line's row and 6 px above it, whose pixels have the line's
+# colour (the canvas read back, in canvas pixels).
+THRESHOLD_PIXELS = """([name, rgb]) => {
+  const card = document.querySelector(`#charts .chart-card[data-name="${name}"]`);
+  const canvas = card.querySelector('canvas');
+  const over = card.querySelector('.u-over').getBoundingClientRect();
+  const box = canvas.getBoundingClientRect();
+  const ratio = canvas.width / box.width;
+  const left = Math.ceil((over.left - box.left) * ratio) + 2;
+  const right = Math.floor((over.right - box.left) * ratio) - 2;
+  const image = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+  const share = (y) => {
+    let hits = 0;
+    for (let x = left; x < right; x++) {
+      const i = (y * canvas.width + x) * 4;
+      if ([0, 1, 2].every((c) => Math.abs(image[i + c] - rgb[c]) <= 8)) hits += 1;
+    }
+    return hits / (right - left);
+  };
+  return JSON.parse(card.dataset.thresholds || '[]').map((line) => ({...line, on: share(line.y), above: share(line.y - 6)}));
+}"""
+
+HIGH_RED = [239, 68, 68]  # the high severity's line (#ef4444)
+
+
+async def test_a_firing_alert_leads_the_panel_marks_its_tile_and_chart_and_clears_when_ok(admin, open_page):
+    from playwright.async_api import expect
+
+    now = int(time.time() * 1000)
+    await admin.insert_metrics([metric("cpu", 10, "%", now - 60_000), metric("disk", 5, "GB", now - 60_000)])
+    cpu = await admin.ok(
+        "store.insert", bucket="alerts", data={"metric": "cpu", "threshold": 50, "severity": "high", "timestamp": 1}
+    )
+    disk = await admin.ok(
+        "store.insert", bucket="alerts", data={"metric": "disk", "threshold": 50, "severity": "low", "timestamp": 2}
+    )
+    none = await admin.ok(
+        "store.insert",
+        bucket="alerts",
+        data={"metric": "no.such.metric", "threshold": 1, "severity": "medium", "timestamp": 3},
+    )
+    page = await open_page("viewer-token")
+    tile = page.locator('#tiles .tile[data-name="cpu"]')
+    chart = page.locator('#charts .chart-card[data-name="cpu"]')
+
+    # Nothing fires: no-data first (said as such, with no time), then the ok ones, the most severe first.
+    await expect(page.locator("#alerts li")).to_have_count(3)
+    await expect(chart).to_have_attribute("data-points", "1")
+    shown = await page.evaluate(ALERTS_SHOWN)
+    assert [(a["id"], a["state"]) for a in shown] == [(none["id"], "no-data"), (cpu["id"], "ok"), (disk["id"], "ok")]
+    assert shown[0]["text"] == "medium | no.such.metric above 1 | no data" and shown[0]["since"] is None
+    assert shown[1]["text"].startswith("high | cpu above 50 | now 10 | ok")
+    await expect(page.locator("#alerts-summary")).to_have_text("0 firing · 1 no data · 2 ok")
+    for marked in (tile, chart):
+        assert await marked.get_attribute("data-alert") is None
+        await expect(marked.locator(".alert-badge")).to_be_hidden()
+    # The threshold is drawn while ok too: dashed (about 6 px of every 10), in the severity's colour.
+    [line] = await page.evaluate(THRESHOLD_PIXELS, ["cpu", HIGH_RED])
+    assert (line["threshold"], line["severity"], line["state"]) == (50, "high", "ok")
+    assert 0.4 < line["on"] < 0.75 and line["above"] < 0.1, line
+
+    # A reading above the threshold: the alert fires, at the top, in red, with its start.
+    before = int(time.time() * 1000)
+    await admin.ok("store.insert", bucket="metrics", data=metric("cpu", 72.5))
+    after = int(time.time() * 1000)
+    first = page.locator("#alerts li").first
+    await expect(first).to_have_attribute("data-state", "firing")
+    shown = await page.evaluate(ALERTS_SHOWN)
+    assert [(a["id"], a["state"]) for a in shown] == [
+        (cpu["id"], "firing"),
+        (none["id"], "no-data"),
+        (disk["id"], "ok"),
+    ]
+    since = shown[0]["since"]
+    assert before - 1000 <= since <= after + 1000
+    start = await page.evaluate(
+        "(ms) => new Intl.DateTimeFormat(undefined, {hour: 'numeric', minute: '2-digit', second: '2-digit'}).format(ms)",
+        since,
+    )
+    assert shown[0]["text"] == f"high | cpu above 50 | now 72.5 | firing since | {start}"
+    assert await first.locator("time").get_attribute("datetime") == await page.evaluate(
+        "(ms) => new Date(ms).toISOString()", since
+    )
+    assert await first.evaluate("e => getComputedStyle(e).backgroundColor") == "rgb(59, 17, 20)"
+    assert await first.locator(".severity").evaluate("e => getComputedStyle(e).backgroundColor") == "rgb(220, 38, 38)"
+    await expect(page.locator("#alerts-summary")).to_have_text("1 firing · 1 no data · 1 ok")
+    # The tile and the chart of cpu are marked, and only they.
+    for marked in (tile, chart):
+        await expect(marked).to_have_attribute("data-alert", "firing")
+        await expect(marked).to_have_attribute("data-severity", "high")
+        await expect(marked.locator(".alert-badge")).to_have_text("high · above 50")
+        await expect(marked.locator(".alert-badge")).to_be_visible()
+        assert await marked.evaluate("e => getComputedStyle(e).borderTopColor") == "rgb(239, 68, 68)"
+    assert await page.locator("[data-alert]").count() == 2
+    # The threshold line, solid now.
+    await expect(chart).to_have_attribute("data-thresholds", re.compile('"state":"firing"'))
+    [line] = await page.evaluate(THRESHOLD_PIXELS, ["cpu", HIGH_RED])
+    assert line["on"] > 0.9 and line["above"] < 0.1, line
+    # The change is in the recent changes, newest first.
+    await expect(page.locator("#alert-events li").first).to_contain_text("cpu above 50: ok → firing (72.5)")
+
+    # Back at or below the threshold: ok again, below no-data, and every mark gone.
+    await admin.ok("store.insert", bucket="metrics", data=metric("cpu", 50))
+    await expect(page.locator(f'#alerts li[data-id="{cpu["id"]}"]')).to_have_attribute("data-state", "ok")
+    shown = await page.evaluate(ALERTS_SHOWN)
+    assert [(a["id"], a["state"]) for a in shown] == [(none["id"], "no-data"), (cpu["id"], "ok"), (disk["id"], "ok")]
+    assert shown[1]["since"] >= since
+    for marked in (tile, chart):
+        await expect(marked).not_to_have_attribute("data-alert", "firing")
+        await expect(marked.locator(".alert-badge")).to_be_hidden()
+    assert await page.locator("[data-alert]").count() == 0
+    await expect(chart).to_have_attribute("data-thresholds", re.compile('"state":"ok"'))
+    [line] = await page.evaluate(THRESHOLD_PIXELS, ["cpu", HIGH_RED])
+    assert 0.4 < line["on"] < 0.75, line
+    await expect(page.locator("#alert-events li").first).to_contain_text("cpu above 50: firing → ok (50)")
+
+
+async def test_an_alert_created_on_the_page_shows_its_state_at_once_on_a_phone(admin, open_page):
+    from playwright.async_api import expect
+
+    await admin.ok("store.insert", bucket="metrics", data=metric("host.network.transmit_bytes_per_second", 900, "B/s"))
+    page = await open_page("admin-token", viewport=PHONE)
+    await expect(page.locator("#tiles .tile")).to_have_count(1)
+    for name, threshold, severity in (
+        ("host.network.transmit_bytes_per_second", 100, "medium"),
+        ("never.reported", 5, "high"),
+    ):
+        await page.get_by_label("Metric", exact=True).fill(name)
+        await page.get_by_label("Threshold").fill(str(threshold))
+        await page.get_by_label("Severity").select_option(severity)
+        await page.get_by_role("button", name="Create alert").click()
+        await expect(page.locator("#admin-status")).to_contain_text(f"Created a {severity} alert")
+    alerts = page.locator("#alerts li")
+    await expect(alerts).to_have_count(2)
+    await expect(alerts.nth(0)).to_have_attribute("data-state", "firing")
+    await expect(alerts.nth(0)).to_have_attribute("data-severity", "medium")
+    await expect(alerts.nth(1)).to_have_attribute("data-state", "no-data")
+    await expect(alerts.nth(1)).to_contain_text("no data")
+    tile = page.locator("#tiles .tile")
+    await expect(tile).to_have_attribute("data-alert", "firing")
+    await expect(tile.locator(".alert-badge")).to_have_text("medium · above 100")
+    await expect(page.locator('#charts .chart-card[data-alert="firing"]')).to_have_count(1)
+    # Nothing scrolls sideways, the badges included.
+    assert await page.evaluate("document.scrollingElement.scrollWidth") <= PHONE["width"]
+    outside = await page.evaluate(
+        "() => [...document.querySelectorAll('.alert-badge, #alerts li')].filter((e) => e.getBoundingClientRect().right > window.innerWidth).length"
+    )
+    assert outside == 0
