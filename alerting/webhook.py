@@ -15,6 +15,7 @@ blocks it. docs/alerts.md.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -82,18 +83,21 @@ def claim_lease(holder: str, lease_seconds: float) -> bool:
     """Takes or renews the lease for `holder`; False while another holds it."""
     _, lease = _tables()
     now = now_ms()
+    claim = f"UPDATE {lease} SET holder = %s, expires_at = %s WHERE id = %s AND (holder = %s OR expires_at < %s)"
+    params: list[Any] = [holder, now + int(lease_seconds * 1000), LEASE_ROW, holder, now]
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {lease} SET holder = %s, expires_at = %s WHERE id = %s AND (holder = %s OR expires_at < %s)",
-            [holder, now + int(lease_seconds * 1000), LEASE_ROW, holder, now],
-        )
+        cursor.execute(claim, params)
         if cursor.rowcount:
             return True
-        # The row is made by the migration; made here if someone deleted it.
+        # The row is made by the migration; made here if it is missing (a
+        # flushed database), then claimed like any other time.
         cursor.execute(
             f"INSERT INTO {lease} (id, holder, expires_at) VALUES (%s, '', 0) ON CONFLICT (id) DO NOTHING", [LEASE_ROW]
         )
-        return False
+        if not cursor.rowcount:
+            return False
+        cursor.execute(claim, params)
+        return bool(cursor.rowcount)
 
 
 def release_lease(holder: str) -> None:
@@ -237,6 +241,9 @@ def start() -> Sender | None:
     _sender = Sender(config)
     _thread = threading.Thread(target=_sender.run, name="alert-webhook", daemon=True)
     _thread.start()
+    # On a clean exit the lease is released, so another process (or this
+    # one restarted) takes over at once instead of after the lease expires.
+    atexit.register(stop)
     # Scheme and host only: the path or query may hold a secret.
     target = urllib.parse.urlsplit(config.url)
     logger.info("alert webhook: sending transitions to %s://%s", target.scheme, target.hostname)

@@ -12,6 +12,7 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 
+from alerting import webhook  # noqa: E402
 from metrics import checkpoint  # noqa: E402
 from realtime.daphne_close import with_daphne_closes  # noqa: E402
 from realtime.origins import allowed_hosts_origin_validator  # noqa: E402
@@ -31,6 +32,10 @@ application = ProtocolTypeRouter(
 # On SQLite, the write-ahead log is checkpointed by a thread of its own rather
 # than inside whichever commit fills it (metrics/checkpoint.py).
 checkpoint.enable(settings.DASHBOARD["SQLITE_CHECKPOINT_SECONDS"])
+
+# Every server process runs an alert webhook sender when a URL is set; the
+# one holding the lease delivers (alerting/webhook.py).
+webhook.start()
 
 # What is loaded by now (Django, the apps and their modules, about 90,000
 # objects) lives as long as the process: leave it out of the cyclic garbage

@@ -16,13 +16,7 @@ from metrics.models import Alert, Metric
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-
-@pytest.fixture
-def admin_client(django_user_model) -> Client:
-    root = django_user_model.objects.create_superuser("root", "root@example.com", "pw-not-used")
-    client = Client()
-    client.force_login(root)
-    return client
+# `admin_client`: pytest-django's client logged in as a superuser.
 
 
 def add_alert(client: Client, metric: str, threshold: float, severity: str = "high") -> Alert:
