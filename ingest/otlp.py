@@ -4,7 +4,8 @@ official `opentelemetry-proto` messages.
 Gauges and sums give one reading per data point, named by the metric;
 histograms (explicit and exponential) give `<name>.count`, `.sum`, `.min`,
 `.max` (those present), summaries `.count` and `.sum`. Resource attributes
-(except the exporter's own `telemetry.sdk.*`) and data point attributes
+(except the exporter's own `telemetry.sdk.*` and the per-process
+`service.instance.id`) and data point attributes
 become labels of the name (ingest.naming; a data point's attribute wins).
 """
 
@@ -31,7 +32,10 @@ from .readings import Reading, check_count
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
-SKIPPED_RESOURCE_PREFIX = "telemetry.sdk."
+# Resource attributes left out of names: the exporter library's own
+# (`telemetry.sdk.name`, `.version`, `.language`), and the id the SDK draws at
+# random for every process start, which would make each restart a new series.
+SKIPPED_RESOURCE_PREFIXES = ("telemetry.sdk.", "service.instance.id")
 NO_VALUE = DataPointFlags.DATA_POINT_FLAGS_NO_RECORDED_VALUE_MASK
 _NESTING = re.compile(r"Failed to parse \w+ field: ")
 
@@ -141,7 +145,7 @@ def readings(request: ExportMetricsServiceRequest) -> list[Reading]:
         resource = {
             key: value
             for key, value in _labels(resource_metrics.resource.attributes).items()
-            if not key.startswith(SKIPPED_RESOURCE_PREFIX)
+            if not key.startswith(SKIPPED_RESOURCE_PREFIXES)
         }
         for s, scope_metrics in enumerate(resource_metrics.scope_metrics):
             for m, metric in enumerate(scope_metrics.metrics):

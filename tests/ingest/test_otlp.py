@@ -102,6 +102,7 @@ def every_kind() -> ExportMetricsServiceRequest:
         service_name="api",
         telemetry_sdk_name="opentelemetry",
         telemetry_sdk_version="1.45.2",
+        service_instance_id="5f1c0d5e-0000-4000-8000-000000000000",
         host_tags=["x", "y"],
     )
 
