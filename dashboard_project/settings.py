@@ -263,6 +263,9 @@ DASHBOARD = {
     # pipelined writes already coalesce while a round waits for the database.
     "FANOUT_REST_RATIO": float(os.environ.get("DASHBOARD_FANOUT_REST_RATIO", "0")),
     "SHUTDOWN_GRACE_MS": env_int("DASHBOARD_SHUTDOWN_GRACE_MS", 1000),
+    # The admin's CSV export of readings: more matching rows than this is
+    # refused with a message to narrow the filter (the export is streamed).
+    "ADMIN_EXPORT_MAX_ROWS": env_int("DASHBOARD_ADMIN_EXPORT_MAX_ROWS", 1_000_000),
     # A bearer token /metrics asks for; empty: /metrics is open (docs/operations.md).
     "METRICS_TOKEN": os.environ.get("DASHBOARD_METRICS_TOKEN", ""),
     # SQLite only: a server process checkpoints the write-ahead log from a
