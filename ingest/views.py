@@ -18,6 +18,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 
 from realtime.errors import INTERNAL_ERROR, INVALID_REQUEST
 from realtime.frames import dumps, encode
+from telemetry import instruments
 
 from . import json_readings, line_protocol, otlp
 from .auth import writer_session
@@ -77,6 +78,13 @@ def otlp_error(request: HttpRequest, error: HttpError) -> HttpResponse:
 def _ingest(
     request: HttpRequest, handle: Callable[[HttpRequest], HttpResponse], render: ErrorRenderer = json_error
 ) -> HttpResponse:
+    response = _answer(request, handle, render)
+    # /metrics: dashboard_ingest_requests_total{endpoint, result="<status>"}.
+    instruments.ingest_request(request.path_info, response.status_code)
+    return response
+
+
+def _answer(request: HttpRequest, handle: Callable[[HttpRequest], HttpResponse], render: ErrorRenderer) -> HttpResponse:
     try:
         if request.method != "POST":
             raise HttpError(

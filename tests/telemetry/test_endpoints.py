@@ -265,3 +265,38 @@ def _unreachable() -> None:
     from django.db import OperationalError
 
     raise OperationalError("connection refused")
+
+
+# --- HTTP ingest, counted by endpoint and result ----------------------------------------------
+
+
+async def test_ingest_requests_are_counted_by_endpoint_and_result():
+    client = AsyncClient()
+    series = "dashboard_ingest_requests_total"
+    before = await scrape()
+    reading = json.dumps({"name": "cpu", "value": 1.5, "timestamp": 1706745600000})
+    admin = {"Authorization": "Bearer admin-token"}
+    answers = [
+        await client.post("/api/metrics", reading, content_type="application/json", headers=admin),
+        await client.post("/api/metrics", reading, content_type="application/json"),
+        await client.post(
+            "/api/v2/write", "cpu usage=72.5 1706745600000000000", content_type="text/plain", headers=admin
+        ),
+        await client.post("/api/v2/write", "cpu usage=", content_type="text/plain", headers=admin),
+        await client.post("/v1/metrics", "{}", content_type="application/json", headers=admin),
+    ]
+    assert [a.status_code for a in answers] == [201, 401, 204, 400, 200]
+    after = await scrape()
+    expected = {
+        ("/api/metrics", "201"): 1,
+        ("/api/metrics", "401"): 1,
+        ("/api/v2/write", "204"): 1,
+        ("/api/v2/write", "400"): 1,
+        ("/v1/metrics", "200"): 1,
+    }
+    moved = {
+        key: value(after, series, endpoint=key[0], result=key[1])
+        - value(before, series, endpoint=key[0], result=key[1])
+        for key in expected
+    }
+    assert moved == expected
