@@ -174,3 +174,37 @@ async def test_seed_alerts_exercise(connect):
     assert denied["code"] == "FORBIDDEN"
     assert denied["message"] == "No permission for store.insert on alerts"
     assert await viewer.ok("store.all", bucket="alerts") == [alert]
+
+
+async def test_readme_alert_flow(connect):
+    """README.md's "Alerts" frames: an alert on cpu (read 72.5) is ok; a
+    reading above its threshold pushes the firing state and the transition."""
+    admin = await connect("admin-token")
+    viewer = await connect("viewer-token")
+    await admin.ok("store.insert", bucket="metrics", data=metric("cpu", 72.5, "%", 1706745600000))
+    alert = await admin.ok(
+        "store.insert",
+        bucket="alerts",
+        data={"metric": "cpu", "threshold": 90, "severity": "high", "timestamp": 1706745600000},
+    )
+    entry = {"id": alert["id"], "metric": "cpu", "threshold": 90, "severity": "high"}
+    status = await viewer.ok("store.subscribe", query="alert-status")
+    sub_status = status["subscriptionId"]
+    assert status == {"subscriptionId": sub_status, "data": [{**entry, "state": "ok", "since": None, "value": 72.5}]}
+    events = await viewer.ok("store.subscribe", query="alert-events", params={"n": 5})
+    sub_events = events["subscriptionId"]
+    assert events == {"subscriptionId": sub_events, "data": []}
+
+    before = int(time.time() * 1000)
+    await admin.ok("store.insert", bucket="metrics", data=metric("cpu", 97, "%", 1706745610000))
+    after = int(time.time() * 1000)
+    pushed = await viewer.push_for(sub_status)
+    [firing] = pushed["data"]
+    assert before <= firing["since"] <= after
+    assert pushed == push(sub_status, [{**entry, "state": "firing", "since": firing["since"], "value": 97}])
+    pushed = await viewer.push_for(sub_events)
+    [event] = pushed["data"]
+    assert isinstance(event["id"], int)
+    transition = {"id": event["id"], "alert": entry, "from": "ok", "to": "firing", "value": 97, "at": firing["since"]}
+    assert pushed == push(sub_events, [transition])
+    assert await viewer.nothing()
