@@ -9,7 +9,6 @@ import math
 
 import pytest
 from django.db import connection, transaction
-from django.test import Client
 
 from metrics import derived
 from metrics.models import Metric
@@ -51,14 +50,6 @@ def assert_close_rows(stored: dict, expected: dict, exact: int) -> None:
 def assert_derived_right() -> None:
     assert_close_rows(derived.stored_stats(), derived.recomputed_stats(), exact=1)
     assert_close_rows(derived.stored_rollups(), rebuilt_rollups(), exact=1)
-
-
-@pytest.fixture
-def superuser_client(django_user_model) -> Client:
-    root = django_user_model.objects.create_superuser("root", "root@example.com", "pw-not-used")
-    client = Client()
-    client.force_login(root)
-    return client
 
 
 @pytest.fixture

@@ -20,14 +20,6 @@ JUL = 1719792000000  # 2024-07-01T00:00:00Z: CEST (+2)
 
 
 @pytest.fixture
-def superuser_client(django_user_model) -> Client:
-    root = django_user_model.objects.create_superuser("root", "root@example.com", "pw-not-used")
-    client = Client()
-    client.force_login(root)
-    return client
-
-
-@pytest.fixture
 def prague(settings):
     settings.TIME_ZONE = "Europe/Prague"
 
