@@ -23,7 +23,10 @@ def _key_text(key: Any) -> str:
 
 
 def _insert(bucket: BucketSchema, data: dict[str, Any]) -> Record:
-    columns = validate_insert(bucket, data)
+    return _insert_valid(bucket, validate_insert(bucket, data))
+
+
+def _insert_valid(bucket: BucketSchema, columns: dict[str, Any]) -> Record:
     instance = bucket.model(**columns)
     try:
         instance.save(force_insert=True)
@@ -90,15 +93,47 @@ def record_insert(*, bucket: BucketSchema, data: dict[str, Any]) -> Record:
 
 
 def record_insert_each(*, items: list[tuple[BucketSchema, dict[str, Any]]]) -> list[Record | Exception]:
-    """Several independent inserts, each in its own transaction: one failing
-    leaves the others committed. Saves a thread hop per pipelined request."""
+    """Several independent inserts (one connection's pipelined requests): each
+    is written whole or not at all, and one failing leaves the others written.
+
+    The valid ones share one commit: on SQLite a commit writes every page the
+    insert touched (the reading, its indexes, its per-name figures and tiers)
+    to the log, on PostgreSQL it waits for the log flush, and one commit for
+    many inserts is what keeps pipelined ingest fast (S3). They are then one
+    change, published once after that commit: subscribers see the batch's
+    final state, as the latest-state guarantee allows. Should a write fail
+    in the database (a key taken), nothing of the batch is kept and each is
+    written again in a transaction of its own, so that only that one fails.
+    """
     outcomes: list[Record | Exception] = []
+    valid: list[tuple[int, BucketSchema, dict[str, Any]]] = []
     for bucket, data in items:
         try:
-            outcomes.append(record_insert(bucket=bucket, data=data))
+            valid.append((len(outcomes), bucket, validate_insert(bucket, data)))
+            outcomes.append(_PENDING)
         except Exception as error:  # reported to that request's sender only
             outcomes.append(error)
+    if len(valid) > 1:
+        try:
+            with transaction.atomic():
+                written = [_insert_valid(bucket, columns) for _index, bucket, columns in valid]
+        except Exception:
+            pass  # rolled back whole; one at a time below
+        else:
+            for (index, _bucket, _columns), record in zip(valid, written, strict=True):
+                outcomes[index] = record
+            return outcomes
+    for index, bucket, columns in valid:
+        try:
+            with transaction.atomic():
+                outcomes[index] = _insert_valid(bucket, columns)
+        except Exception as error:
+            outcomes[index] = error
     return outcomes
+
+
+# Placeholder while a batch is written; replaced before record_insert_each returns.
+_PENDING: Any = object()
 
 
 def record_update(*, bucket: BucketSchema, key: Any, data: dict[str, Any]) -> Record:

@@ -165,6 +165,63 @@ def test_each_service_call_is_one_change(published):
     assert published == [{"metrics": [a["id"]]}] * 3
 
 
+def _stored() -> list[tuple[str, str, float]]:
+    return list(Metric.objects.order_by("seq").values_list("key", "name", "value"))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_pipelined_inserts_share_one_commit_and_one_change(published):
+    outcomes = services.record_insert_each(
+        items=[
+            (METRICS, row("a", 1, id="a")),
+            (ALERTS, {"id": "al", "metric": "a", "threshold": 1, "timestamp": 2}),
+            (METRICS, row("b", 2, id="b")),
+        ]
+    )
+    assert [o["id"] for o in outcomes] == ["a", "al", "b"]  # type: ignore[index]
+    assert outcomes[0] == selectors.record_get(bucket=METRICS, key="a")
+    assert published == [{"metrics": ["a", "b"], "alerts": ["al"]}]
+    assert _stored() == [("a", "a", 1.0), ("b", "b", 2.0)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_invalid_pipelined_insert_fails_alone_and_the_rest_share_a_commit(published):
+    outcomes = services.record_insert_each(
+        items=[(METRICS, row("a", 1, id="a")), (METRICS, {"name": "bad"}), (METRICS, row("b", 2, id="b"))]
+    )
+    error = outcomes[1]
+    assert isinstance(error, StoreError) and error.code == VALIDATION_ERROR
+    assert [outcomes[0]["id"], outcomes[2]["id"]] == ["a", "b"]  # type: ignore[index]
+    assert published == [{"metrics": ["a", "b"]}]
+    assert _stored() == [("a", "a", 1.0), ("b", "b", 2.0)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_pipelined_insert_failing_in_the_database_fails_alone(published):
+    services.record_insert(bucket=METRICS, data=row("taken", 0, id="k"))
+    published.clear()
+    # The batch is rolled back whole and written again one insert at a time.
+    outcomes = services.record_insert_each(
+        items=[
+            (METRICS, row("a", 1, id="a")),
+            (METRICS, row("dup", 9, id="k")),
+            (METRICS, row("b", 2, id="b")),
+            (METRICS, row("again", 3, id="b")),
+        ]
+    )
+    for index in (1, 3):
+        error = outcomes[index]
+        assert isinstance(error, StoreError) and error.code == CONFLICT, error
+    assert (outcomes[1].details, outcomes[3].details) == (  # type: ignore[union-attr]
+        {"bucket": "metrics", "key": "k"},
+        {"bucket": "metrics", "key": "b"},
+    )
+    assert [outcomes[0]["id"], outcomes[2]["id"]] == ["a", "b"]  # type: ignore[index]
+    assert published == [{"metrics": ["a"]}, {"metrics": ["b"]}]
+    assert _stored() == [("k", "taken", 0.0), ("a", "a", 1.0), ("b", "b", 2.0)]
+    assert outcomes[2] == selectors.record_get(bucket=METRICS, key="b")
+
+
 @pytest.mark.django_db(transaction=True)
 def test_rolled_back_transaction_publishes_nothing(published):
     services.record_insert(bucket=METRICS, data=row("k", id="k"))

@@ -880,7 +880,7 @@ def explode(*args: Any, **kwargs: Any) -> Any:
 @pytest.mark.parametrize(
     ("module", "name", "type", "fields"),
     [
-        (services, "record_insert", "store.insert", {"bucket": "metrics", "data": metric()}),
+        (services, "record_insert_each", "store.insert", {"bucket": "metrics", "data": metric()}),
         (selectors, "record_all", "store.all", {"bucket": "metrics"}),
         (services, "transaction_run", "store.transaction", {"operations": [INSERT]}),
     ],
