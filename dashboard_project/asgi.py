@@ -13,6 +13,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 
 from alerting import webhook  # noqa: E402
+from ingest.body_cap import capped_ingest_bodies  # noqa: E402
 from metrics import checkpoint  # noqa: E402
 from realtime.daphne_close import with_daphne_closes  # noqa: E402
 from realtime.origins import allowed_hosts_origin_validator  # noqa: E402
@@ -21,7 +22,8 @@ from realtime.shutdown import lifespan  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        # Ingest bodies are cut at their limit before Django spools them.
+        "http": capped_ingest_bodies(django_asgi_app),
         # Under runserver (daphne), close frames keep the code and reason sent.
         "websocket": with_daphne_closes(allowed_hosts_origin_validator(URLRouter(websocket_urlpatterns))),
         # uvicorn's lifespan events: graceful shutdown of WebSocket clients.

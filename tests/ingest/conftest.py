@@ -1,4 +1,4 @@
-"""Fixtures of the ingest tests: an HTTP client that posts with a token."""
+"""Fixtures of the ingest tests: an HTTP client that posts with a token, a live server."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 from django.test import Client
 
 from ingest import rate
+from tests.servers import live_server
 
 
 @pytest.fixture(autouse=True)
@@ -40,6 +41,14 @@ class Poster:
         # without a body, and CONTENT_TYPE "" is a request without the header.
         extra["CONTENT_TYPE"] = content_type or ""
         return self.client.generic("POST", path, body, **extra)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, template_database):
+    """A live server (uvicorn, SQLite, default limits) for the module's tests."""
+    process = live_server(tmp_path_factory.mktemp("ingest"), template_database)
+    yield process
+    process.stop()
 
 
 @pytest.fixture

@@ -20,16 +20,9 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 
-from tests.servers import Client, live_server, open_client, push_frame
+from tests.servers import Client, open_client, push_frame
 
 T_MS = 1_700_000_000_123
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, template_database):
-    process = live_server(tmp_path_factory.mktemp("ingest"), template_database)
-    yield process
-    process.stop()
 
 
 @pytest.fixture
