@@ -8,7 +8,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("accounts", "dashboard_client", "dashboard_project", "metrics", "realtime")
+PACKAGES = ("accounts", "dashboard_client", "dashboard_project", "ingest", "metrics", "realtime")
 
 
 def module_name(path: Path) -> str:
