@@ -28,6 +28,12 @@ from prometheus_client.registry import Collector
 
 PREFIX = "dashboard"
 
+MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+if MULTIPROCESS:
+    # Created if missing; emptying it before a start is the deployment's job
+    # (the files of a previous run would be summed in).
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+
 # --- counters and histograms (any process mode) ----------------------------------
 
 LOGINS = Counter(f"{PREFIX}_logins", "Successful auth.login requests")
@@ -162,7 +168,6 @@ class StateCollector(Collector):
 
 # --- multiprocess mode ----------------------------------------------------------------
 
-MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 STATE_PUBLISH_SECONDS = 2.0
 
 if MULTIPROCESS:

@@ -153,8 +153,7 @@ async def wait_for_scrape(port: int, check, timeout: float = 10.0) -> str:
 
 
 async def test_multiprocess_mode_with_two_workers(tmp_path, template_database, stop_after):  # noqa: F811
-    directory = tmp_path / "prometheus-multiproc"
-    directory.mkdir()
+    directory = tmp_path / "prometheus-multiproc"  # not there yet: the server makes it
     env = server_env(copy_template(template_database, tmp_path), PROMETHEUS_MULTIPROC_DIR=str(directory))
     port = free_port()
     argv = [*uvicorn_argv(port), "--workers", "2"]
