@@ -841,6 +841,8 @@ export class MetricChart extends Widget {
     }
     ctx.restore();
     this.node.dataset.thresholds = JSON.stringify(lines);
+    // The value axis and the plot in canvas pixels, to check where the lines went.
+    this.node.dataset.valueScale = JSON.stringify({ min: u.scales.y.min, max: u.scales.y.max, top, height });
   }
 
   _axisLabel() {

@@ -803,7 +803,8 @@ ALERTS_SHOWN = """() => [...document.querySelectorAll('#alerts li')].map((li) =>
 
 # What a chart drew along each threshold it recorded: the share of the plot's
 # width, on the line's row and 6 px above it, whose pixels have the line's
-# colour (the canvas read back, in canvas pixels).
+# colour (the canvas read back, in canvas pixels), and how far the line is
+# from where the chart's value axis puts its threshold.
 THRESHOLD_PIXELS = """([name, rgb]) => {
   const card = document.querySelector(`#charts .chart-card[data-name="${name}"]`);
   const canvas = card.querySelector('canvas');
@@ -821,7 +822,12 @@ THRESHOLD_PIXELS = """([name, rgb]) => {
     }
     return hits / (right - left);
   };
-  return JSON.parse(card.dataset.thresholds || '[]').map((line) => ({...line, on: share(line.y), above: share(line.y - 6)}));
+  // Where the value axis puts the threshold, in canvas pixels.
+  const scale = JSON.parse(card.dataset.valueScale);
+  const expected = (t) => scale.top + ((scale.max - t) / (scale.max - scale.min)) * scale.height;
+  return JSON.parse(card.dataset.thresholds || '[]').map((line) => ({
+    ...line, on: share(line.y), above: share(line.y - 6), offBy: Math.abs(line.y - expected(line.threshold)),
+  }));
 }"""
 
 HIGH_RED = [239, 68, 68]  # the high severity's line (#ef4444)
@@ -859,9 +865,10 @@ async def test_a_firing_alert_leads_the_panel_marks_its_tile_and_chart_and_clear
         assert await marked.get_attribute("data-alert") is None
         await expect(marked.locator(".alert-badge")).to_be_hidden()
     # The threshold is drawn while ok too: dashed (about 6 px of every 10), in the severity's colour.
+    await expect(chart).to_have_attribute("data-thresholds", re.compile('"state":"ok"'))
     [line] = await page.evaluate(THRESHOLD_PIXELS, ["cpu", HIGH_RED])
     assert (line["threshold"], line["severity"], line["state"]) == (50, "high", "ok")
-    assert 0.4 < line["on"] < 0.75 and line["above"] < 0.1, line
+    assert 0.4 < line["on"] < 0.75 and line["above"] < 0.1 and line["offBy"] <= 1, line
 
     # A reading above the threshold: the alert fires, at the top, in red, with its start.
     before = int(time.time() * 1000)
@@ -899,7 +906,7 @@ async def test_a_firing_alert_leads_the_panel_marks_its_tile_and_chart_and_clear
     # The threshold line, solid now.
     await expect(chart).to_have_attribute("data-thresholds", re.compile('"state":"firing"'))
     [line] = await page.evaluate(THRESHOLD_PIXELS, ["cpu", HIGH_RED])
-    assert line["on"] > 0.9 and line["above"] < 0.1, line
+    assert line["on"] > 0.9 and line["above"] < 0.1 and line["offBy"] <= 1, line
     # The change is in the recent changes, newest first.
     await expect(page.locator("#alert-events li").first).to_contain_text("cpu above 50: ok → firing (72.5)")
 
