@@ -76,6 +76,9 @@ class LiveQuery:
     # When (ms since epoch) the result goes stale with time alone (a sliding
     # window), or None.
     refresh_at: float | None = None
+    # The length of every subscription's frame prefix together, so a round
+    # counts push bytes without a step per viewer (telemetry).
+    prefix_bytes: int = 0
 
 
 def evaluate(live: LiveQuery) -> str:
@@ -154,6 +157,7 @@ class LiveQueries:
                 raise result
             subscription = Subscription(viewer, subscription_id, live, result, owner=owner)
             live.subscriptions[id(subscription)] = subscription
+            live.prefix_bytes += len(subscription.frame_prefix)
             self.subscription_count += 1
             self.quota.add(owner, key)
             self.live[key] = live
@@ -162,6 +166,7 @@ class LiveQueries:
     def unsubscribe(self, subscription: Subscription) -> None:
         live = subscription.live
         if live.subscriptions.pop(id(subscription), None) is not None:
+            live.prefix_bytes -= len(subscription.frame_prefix)
             self.subscription_count -= 1
             self.quota.remove(subscription.owner, live.key)
         if not live.subscriptions and self.live.get(live.key) is live:
@@ -250,7 +255,8 @@ class LiveQueries:
 
 def _deliver(live: LiveQuery, result: str) -> tuple[int, int]:
     """Pushes `result` to the subscriptions it is news to; returns how many
-    pushes were queued and their bytes (frame text)."""
+    pushes were queued and their bytes (frame text; when only some
+    subscribers got it, their prefixes are counted at the mean length)."""
     previous, live.last_json = live.last_json, result
     # Subscriptions that hold the previous round's string (most of them)
     # share one comparison; newer ones compare their own.
@@ -259,7 +265,7 @@ def _deliver(live: LiveQuery, result: str) -> tuple[int, int]:
     # every subscriber: encoded once, when first needed.
     body: tuple[str, str] = (result, "}")
     body_utf8: tuple[bytes, bytes] | None = None
-    sent = prefix_bytes = 0
+    sent = 0
     # Delivery never changes the subscriptions synchronously (a close is
     # scheduled), so the dict is iterated as it is.
     for subscription in live.subscriptions.values():
@@ -273,6 +279,9 @@ def _deliver(live: LiveQuery, result: str) -> tuple[int, int]:
         # subscription behind, so a later login catches it up.
         if subscription.viewer.deliver_push(subscription, body, body_utf8):
             subscription.last_json = result
-            sent += 1
-            prefix_bytes += len(subscription.frame_prefix)  # ASCII
-    return sent, (prefix_bytes + sent * (len(body_utf8[0]) + 1) if body_utf8 is not None else 0)
+            sent += 1  # the one step per viewer telemetry takes
+    if not sent or body_utf8 is None:
+        return 0, 0
+    everyone = len(live.subscriptions)
+    prefixes = live.prefix_bytes if sent == everyone else live.prefix_bytes * sent // everyone
+    return sent, prefixes + sent * (len(body_utf8[0]) + 1)
