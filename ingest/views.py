@@ -112,7 +112,9 @@ def _store_line_protocol(request: HttpRequest) -> HttpResponse:
     precision = line_protocol.precision_of(request.GET.get("precision"))
     content_type_of(request, LINE_PROTOCOL_TYPES)
     store(line_protocol.parse(body_of(request), precision))
-    return HttpResponse(status=204)
+    response = HttpResponse(status=204)
+    del response["Content-Type"]  # no body, none to describe (as InfluxDB answers)
+    return response
 
 
 def _store_otlp(request: HttpRequest) -> HttpResponse:

@@ -86,6 +86,7 @@ def test_a_write_answers_204_and_stores_every_numeric_field(http):
     body = f"cpu,host=a usage=72.5,idle=3i {NS}\nmem,host=a used=1024u {NS}\n"
     response = http.post(URL + "?org=acme&bucket=telegraf&precision=ns", body, content_type="text/plain; charset=utf-8")
     assert (response.status_code, response.content) == (204, b"")
+    assert "Content-Type" not in response
     assert stored() == [
         ("cpu.idle{host=a}", 3, "", 1_700_000_000_123),
         ("cpu.usage{host=a}", 72.5, "", 1_700_000_000_123),
