@@ -19,16 +19,10 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from metrics import models as store
-from metrics.changes import note_change
 from metrics.models import Alert, Metric
 
 from . import webhook
 from .models import FIRING, NO_DATA, OK, AlertStatus, AlertTransition
-
-# What the alert queries read besides the `alerts` bucket: noted as changed
-# when an alert's state or value changes because of readings, so that writes
-# to names nobody watches never re-evaluate them.
-STATE_CHANGES = "alert-state"
 
 STATUS = AlertStatus._meta.db_table
 METRIC = Metric._meta.db_table
@@ -96,7 +90,6 @@ def readings_changed(names: Iterable[str]) -> None:
     """Re-evaluates the alerts on these metric names: a reading of each was
     written or removed in the current transaction (already in the table)."""
     watched_sql, _ = _statements(connection.vendor)
-    changed: list[str] = []
     with connection.cursor() as cursor:
         for name in names:
             cursor.execute(watched_sql, [name])
@@ -117,9 +110,6 @@ def readings_changed(names: Iterable[str]) -> None:
                     )
                 else:
                     cursor.execute(f"UPDATE {STATUS} SET value = %s WHERE alert_id = %s", [value, alert_id])
-                changed.append(key)
-    for key in changed:
-        note_change(STATE_CHANGES, key)
 
 
 def all_readings_changed() -> None:
