@@ -10,6 +10,8 @@ import json
 
 import pytest
 
+from ingest.body_cap import _app_path
+
 TIMEOUT = 5.0
 CHUNK = b"x" * 65536
 
@@ -76,3 +78,9 @@ async def test_the_token_is_still_checked_first(server):
     reader, writer = await request_head(server, "/api/metrics", headers)
     assert await answer(reader) == (401, {"code": "UNAUTHORIZED", "message": "Authentication required"})
     writer.close()
+
+
+def test_the_cap_finds_the_paths_behind_a_mount_point():
+    assert _app_path({"path": "/dash/api/metrics", "root_path": "/dash"}) == "/api/metrics"
+    assert _app_path({"path": "/v1/metrics", "root_path": ""}) == "/v1/metrics"
+    assert _app_path({"path": "/v1/metrics"}) == "/v1/metrics"
