@@ -33,7 +33,7 @@ def declared_length(scope: dict[str, Any]) -> int | None:
     return None
 
 
-def _app_path(scope: dict[str, Any]) -> str:
+def app_path(scope: dict[str, Any]) -> str:
     # Behind a mount point (uvicorn --root-path), `path` starts with it, as
     # Django sees it before stripping it.
     path, root = scope["path"], scope.get("root_path", "")
@@ -42,7 +42,7 @@ def _app_path(scope: dict[str, Any]) -> str:
 
 def capped_ingest_bodies(app: ASGIApp) -> ASGIApp:
     async def capped(scope: dict[str, Any], receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or _app_path(scope) not in INGEST_PATHS:
+        if scope["type"] != "http" or app_path(scope) not in INGEST_PATHS:
             await app(scope, receive, send)
             return
         limit = max_body_bytes()

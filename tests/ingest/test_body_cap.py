@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from ingest.body_cap import _app_path
+from ingest.body_cap import app_path
 
 TIMEOUT = 5.0
 CHUNK = b"x" * 65536
@@ -81,6 +81,6 @@ async def test_the_token_is_still_checked_first(server):
 
 
 def test_the_cap_finds_the_paths_behind_a_mount_point():
-    assert _app_path({"path": "/dash/api/metrics", "root_path": "/dash"}) == "/api/metrics"
-    assert _app_path({"path": "/v1/metrics", "root_path": ""}) == "/v1/metrics"
-    assert _app_path({"path": "/v1/metrics"}) == "/v1/metrics"
+    assert app_path({"path": "/dash/api/metrics", "root_path": "/dash"}) == "/api/metrics"
+    assert app_path({"path": "/v1/metrics", "root_path": ""}) == "/v1/metrics"
+    assert app_path({"path": "/v1/metrics"}) == "/v1/metrics"
