@@ -26,7 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.servers import Process, create_database, database_url, drop_database, free_port
+from bench.servers import Process, create_database, database_url, drop_database, free_port, postgres_connect
+from metrics.management.commands.migrate import LOCK_KEY
 from tests.servers import (
     MACHINE_REDIS_URL,
     POSTGRES_URL,
@@ -271,3 +272,16 @@ async def test_two_groups_start_together_on_a_fresh_database(fresh_database, tmp
         f"\ntwo concurrent migrates on a fresh database: {migrate_seconds:.1f} s (second waited on the lock: {waited}); "
         f"listening after launch: A (2 workers) {listening['A']:.2f} s, B {listening['B']:.2f} s"
     )
+
+
+def test_migrate_gives_up_with_a_message_when_another_run_holds_the_lock_too_long(fresh_database):
+    env = ours(DATABASE_URL=fresh_database, PYTHONUNBUFFERED="1")
+    with postgres_connect(fresh_database) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", [LOCK_KEY])
+        result = dev("migrate", "--lock-timeout", "0.5", **env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stdout == "Another migrate run holds the lock on this database; waiting for it.\n"
+    assert result.stderr == "CommandError: Another migrate run held the lock for more than 0.5 s.\n"
+    # Nothing was applied while waiting.
+    with postgres_connect(fresh_database) as conn:
+        assert conn.execute("SELECT to_regclass('django_migrations')").fetchone() == (None,)
