@@ -274,3 +274,88 @@ async def test_a_real_prometheus_scrapes_with_the_token(tmp_path, template_datab
                 assert wanted in names, wanted
     finally:
         await admin.close()
+
+
+# --- slow readers and a lost layer, as /metrics tells them ----------------------------------
+
+
+async def scrape_now(port: int) -> str:
+    status, _, body = await asyncio.to_thread(get, port, "/metrics")
+    assert status == 200, body
+    return body.decode()
+
+
+async def test_slow_reader_counters(tmp_path, template_database, stop_after):  # noqa: F811
+    """A viewer that stops reading: its outbox fills (outbox bytes), newer
+    results replace queued ones (coalesced pushes), and past
+    DASHBOARD_MAX_OUTBOX_BYTES it is closed (slow-consumer closes)."""
+    limit = 24 * 1024 * 1024
+    server = live_server(
+        tmp_path, template_database, DASHBOARD_MAX_OUTBOX_BYTES=str(limit), DASHBOARD_HEARTBEAT_SECONDS="3600"
+    )
+    stop_after(server)
+    admin = await open_client(server.ws, "admin", "admin-token")
+    # max_queue=1: the client library stops reading the socket once one
+    # message waits, like a stalled browser tab.
+    stalled = await open_client(server.ws, "stalled", "viewer-token", max_queue=1)
+    try:
+        for i in range(50):  # fifty subscriptions hold fifty pending pushes
+            await stalled.send({"id": 100 + i, "type": "store.subscribe", "query": "all-metrics"})
+        seen_queued = seen_coalesced = 0.0
+        closes = 0.0
+        for batch in range(80):
+            operations = [
+                {"op": "insert", "bucket": "metrics", "data": {"name": "m", "value": i, "timestamp": i}}
+                for i in range(batch * 100, (batch + 1) * 100)
+            ]
+            await admin.ok("store.transaction", operations=operations)
+            text = await scrape_now(server.port)
+            seen_queued = max(seen_queued, value(text, "dashboard_outbox_bytes"))
+            seen_coalesced = value(text, "dashboard_coalesced_pushes_total")
+            closes = value(text, "dashboard_slow_consumer_closes_total")
+            if closes:
+                break
+        assert seen_queued > 0 and seen_coalesced > 0 and closes == 1, (seen_queued, seen_coalesced, closes)
+        assert seen_queued <= limit + 2 * 1024 * 1024  # one round's pushes past the limit at most
+        text = await scrape_now(server.port)
+        assert value(text, "dashboard_outbox_bytes") == 0
+        assert value(text, "dashboard_connections", state="authenticated") == 1  # the admin
+        assert value(text, "dashboard_subscriptions") == 0
+    finally:
+        await admin.close()
+        await stalled.close()
+
+
+async def test_layer_probe_failures(tmp_path, template_database, stop_after):  # noqa: F811
+    from tests.servers import make_redis_server
+
+    redis = make_redis_server(tmp_path)
+    redis.start()
+    stop_after(redis)
+    server = live_server(
+        tmp_path / "server",
+        template_database,
+        REDIS_URL=redis.url,
+        DASHBOARD_REDIS_LAYER="pubsub",
+        DASHBOARD_LAYER_PROBE_SECONDS="0.3",
+        DASHBOARD_HEARTBEAT_SECONDS="3600",
+    )
+    stop_after(server)
+    client = await open_client(server.ws, "viewer", "viewer-token")  # starts the hub and its probes
+    try:
+        await asyncio.sleep(1.0)  # a few probes come back
+        text = await scrape_now(server.port)
+        assert (value(text, "dashboard_layer_healthy"), value(text, "dashboard_layer_probe_failures_total")) == (1, 0)
+        redis.shutdown()
+        deadline = time.monotonic() + 10
+        while True:
+            text = await scrape_now(server.port)
+            if value(text, "dashboard_layer_probe_failures_total") >= 2 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.3)
+        assert value(text, "dashboard_layer_probe_failures_total") >= 2
+        assert value(text, "dashboard_layer_healthy") == 0
+        status, _, body = await asyncio.to_thread(get, server.port, "/readyz")
+        assert (status, json.loads(body)["checks"]["redis"]) == (503, "unreachable")
+    finally:
+        await client.close()
