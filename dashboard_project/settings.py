@@ -367,9 +367,15 @@ LOGGING = {
     "filters": {
         "repeats": {"()": "dashboard_project.logfilters.RepeatFilter", "loggers": ["channels_redis"]},
         "quiet_probes": {"()": "telemetry.logfilters.QuietProbes"},
+        # Refused ingest requests (4xx): counted in /metrics, not one line each.
+        "quiet_ingest_refusals": {"()": "ingest.logfilters.QuietRefusals"},
     },
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["repeats", "quiet_probes"]}
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+            "filters": ["repeats", "quiet_probes", "quiet_ingest_refusals"],
+        }
     },
     "root": {"handlers": ["console"], "level": os.environ.get("DJANGO_LOG_LEVEL", "INFO")},
 }

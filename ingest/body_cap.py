@@ -14,13 +14,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from .body import max_body_bytes
+from .paths import INGEST_PATHS
 
 Message = Mapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[dict[str, Any], Receive, Send], Awaitable[None]]
-
-INGEST_PATHS = frozenset({"/api/metrics", "/api/v2/write", "/v1/metrics"})
 
 
 def declared_length(scope: dict[str, Any]) -> int | None:

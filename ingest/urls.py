@@ -2,10 +2,10 @@
 
 from django.urls import path
 
-from . import views
+from . import paths, views
 
 urlpatterns = [
-    path("api/metrics", views.metrics_json, name="ingest-json"),
-    path("api/v2/write", views.influx_write, name="ingest-influx"),
-    path("v1/metrics", views.otlp_metrics, name="ingest-otlp"),
+    path(paths.JSON_READINGS.lstrip("/"), views.metrics_json, name="ingest-json"),
+    path(paths.LINE_PROTOCOL.lstrip("/"), views.influx_write, name="ingest-influx"),
+    path(paths.OTLP.lstrip("/"), views.otlp_metrics, name="ingest-otlp"),
 ]
