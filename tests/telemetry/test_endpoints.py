@@ -9,12 +9,20 @@ import logging
 import pytest
 from django.test import AsyncClient
 
-from telemetry import endpoints, instruments, logfilters
+from telemetry import endpoints, instruments, logfilters, probes
 from tests.conftest import metric
 
 from .scrape import FAMILIES, families, value
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def fresh_readiness_log():
+    """Readiness failures are logged when they change: start each test unlogged."""
+    probes._last_failure.clear()
+    yield
+    probes._last_failure.clear()
 
 
 async def scrape(**headers: str) -> str:

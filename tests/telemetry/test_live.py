@@ -135,6 +135,7 @@ def test_readyz_503_when_the_database_is_unreachable(tmp_path, stop_after):
     # Said once, with the reason; never one line per probe.
     log = server.log()
     assert log.count("readiness: database unreachable: OperationalError") == 1, log
+    assert "Service Unavailable" not in log  # django.request's ERROR line per 503, filtered
 
 
 # --- several workers: multiprocess mode ------------------------------------------------------
