@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -187,9 +187,8 @@ def publish_state(state: State) -> None:
         return
     _CONNECTION_GAUGE.labels("unauthenticated").set(state.connections_unauthenticated)
     _CONNECTION_GAUGE.labels("authenticated").set(state.connections_authenticated)
-    for field in fields(State):
-        if field.name in _STATE_GAUGES:
-            _STATE_GAUGES[field.name].set(getattr(state, field.name))
+    for name, gauge in _STATE_GAUGES.items():
+        gauge.set(getattr(state, name))
 
 
 def tasks() -> list[asyncio.Task]:
