@@ -10,6 +10,7 @@ sends nothing. Receivers (the realtime fan-out) run in the committing thread.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 from django.db import connection, transaction
@@ -21,45 +22,62 @@ from . import records
 logger = logging.getLogger(__name__)
 
 # Sent with `changes`: {bucket name: sorted list of changed keys, or None when
-# the whole bucket changed (a clear, or too many keys to list)}.
+# the whole bucket changed (a clear, or too many keys to list)}, and `names`:
+# {bucket name: sorted list of the metric names whose readings changed} for
+# the buckets where every change named its metric (so that a chart of one
+# name is not evaluated again for another's readings).
 records_changed = Signal()
 
 MAX_KEYS_PER_BUCKET = 100
+MAX_NAMES_PER_BUCKET = 100
 
 
 class ChangeSet:
     def __init__(self) -> None:
         self.buckets: dict[str, set[str] | None] = {}
+        # None for a bucket some change of which named no metric.
+        self.names: dict[str, set[str] | None] = {}
         # Records the services wrote, for the read cache once committed.
         self.saved: list[tuple[str, int, Any]] = []
 
-    def add(self, bucket: str, key: str | None) -> None:
-        if key is None:
-            self.buckets[bucket] = None
-            return
-        keys = self.buckets.setdefault(bucket, set())
-        if keys is not None:
-            keys.add(key)
-            if len(keys) > MAX_KEYS_PER_BUCKET:
-                self.buckets[bucket] = None
+    def add(self, bucket: str, key: str | None, names: Iterable[str] | None = None) -> None:
+        _merge(self.buckets, bucket, None if key is None else (key,), MAX_KEYS_PER_BUCKET)
+        _merge(self.names, bucket, names, MAX_NAMES_PER_BUCKET)
 
     def summary(self) -> dict[str, list[str] | None]:
         return {b: (None if keys is None else sorted(keys)) for b, keys in self.buckets.items()}
+
+    def names_summary(self) -> dict[str, list[str]]:
+        return {b: sorted(names) for b, names in self.names.items() if names is not None}
 
     def publish(self) -> None:
         # Cached before anyone hears of the change, so the re-evaluation it
         # triggers finds the new records instead of reading them back.
         for bucket, seq, record in self.saved:
             records.remember(bucket, seq, record)
-        records_changed.send(sender=ChangeSet, changes=self.summary())
+        records_changed.send(sender=ChangeSet, changes=self.summary(), names=self.names_summary())
 
 
-def note_change(bucket: str, key: str | None) -> None:
-    """Record that `bucket` (the record `key`, or all of it) changed."""
+def _merge(into: dict[str, set[str] | None], bucket: str, items: Iterable[str] | None, limit: int) -> None:
+    """Adds `items` to the bucket's set; None (unknown, or all) absorbs, and so
+    does a set grown past `limit`."""
+    if items is None:
+        into[bucket] = None
+        return
+    known = into.setdefault(bucket, set())
+    if known is not None:
+        known.update(items)
+        if len(known) > limit:
+            into[bucket] = None
+
+
+def note_change(bucket: str, key: str | None, names: Iterable[str] | None = None) -> None:
+    """Record that `bucket` (the record `key`, or all of it) changed; `names`,
+    the metric names whose readings it changed, when known."""
     if not connection.in_atomic_block:
         # Autocommit: the write is already committed.
         single = ChangeSet()
-        single.add(bucket, key)
+        single.add(bucket, key, names)
         single.publish()
         return
     pending: ChangeSet | None = getattr(connection, "_dashboard_changes", None)
@@ -69,7 +87,7 @@ def note_change(bucket: str, key: str | None) -> None:
         pending = ChangeSet()
         connection._dashboard_changes = pending  # type: ignore[attr-defined]
         transaction.on_commit(pending.publish)
-    pending.add(bucket, key)
+    pending.add(bucket, key, names)
 
 
 def note_saved(bucket: str, seq: int, record: Any) -> None:
@@ -112,7 +130,19 @@ def _scheduled(pending: ChangeSet) -> bool:
 def _on_save(sender: Any, instance: Any, **kwargs: Any) -> None:
     from .schema import BUCKET_BY_MODEL
 
-    note_change(BUCKET_BY_MODEL[sender].name, instance.key)
+    note_change(BUCKET_BY_MODEL[sender].name, instance.key, _names(instance))
+
+
+def _names(instance: Any) -> list[str] | None:
+    """The metric names a saved or deleted reading changes: its name, and on
+    an update its name before (metrics.derived reads the stored row before
+    each update)."""
+    from .models import Metric
+
+    if not isinstance(instance, Metric):
+        return None
+    before = getattr(instance, "_reading_before_save", None)
+    return [instance.name] if before is None else [instance.name, before.name]
 
 
 def connect_model_signals() -> None:

@@ -76,7 +76,7 @@ class Hub:
         """A message from any process, this one included."""
         kind = message.get("type")
         if kind == CHANGED_MESSAGE:
-            self.queries.note_changes(message.get("changes") or {})
+            self.queries.note_changes(message.get("changes") or {}, message.get("names") or {})
         elif kind == REVOKED_MESSAGE:
             self.connections.revoke_sessions(set(message.get("tokens") or ()), str(message.get("reason", "")))
 
@@ -141,10 +141,15 @@ def forget_all() -> None:
 # --- publishing (any thread) ------------------------------------------------------
 
 
-def publish_change(sender: Any, changes: dict[str, list[str] | None], **kwargs: Any) -> None:
+def publish_change(
+    sender: Any, changes: dict[str, list[str] | None], names: dict[str, list[str]] | None = None, **kwargs: Any
+) -> None:
     """`records_changed` receiver: runs in the committing thread, after commit."""
     instruments.note_change(changes)
-    _broadcast({"type": CHANGED_MESSAGE, "changes": changes}, "a store change")
+    message: Message = {"type": CHANGED_MESSAGE, "changes": changes}
+    if names:
+        message["names"] = names
+    _broadcast(message, "a store change")
 
 
 def publish_revocation(sender: Any = None, token_ids: list[str] | None = None, reason: str = "", **kwargs: Any) -> None:

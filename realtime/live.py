@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 REFRESH_TICK_SECONDS = 0.25
 
 QueryKey = tuple[str, str]
+# Changed buckets: {bucket: the metric names whose readings changed, or None for any record}.
+Changed = dict[str, set[str] | None]
 
 
 class Viewer(Protocol):
@@ -68,6 +70,8 @@ class LiveQuery:
     params: dict[str, Any]
     key: QueryKey
     buckets: set[str] = field(default_factory=set)
+    # {bucket: metric names} where the result depends on those names' readings only.
+    names: dict[str, frozenset[str]] = field(default_factory=dict)
     subscriptions: dict[int, Subscription] = field(default_factory=dict)
     evaluations: int = 0
     # The JSON of the last round's result; subscriptions that hold this very
@@ -86,6 +90,7 @@ def evaluate(live: LiveQuery) -> str:
     store = QueryStore()
     result = live.query.function(store, live.params)
     live.buckets = store.buckets_read
+    live.names = store.names_read()
     live.refresh_at = store.refresh_at
     live.evaluations += 1
     return encode(result)
@@ -109,7 +114,8 @@ class LiveQueries:
         self.live: dict[QueryKey, LiveQuery] = {}
         self.subscription_count = 0
         self.quota = LiveQueryQuota()
-        self.pending: set[str] = set()
+        # Changes not yet evaluated.
+        self.pending: Changed = {}
         self.due: set[QueryKey] = set()
         self.wakeup = asyncio.Event()
         # Serializes every read that feeds a subscription (initial results
@@ -174,19 +180,25 @@ class LiveQueries:
 
     # --- what to evaluate ------------------------------------------------
 
-    def note_changes(self, buckets: Any) -> None:
-        """These buckets changed (committed): evaluate what reads them."""
+    def note_changes(self, buckets: Any, names: Any = None) -> None:
+        """These buckets changed (committed): evaluate what reads them.
+        `names`: {bucket: the metric names whose readings changed} where the
+        change named them all; any other bucket changed as a whole."""
         self.changes_received += 1
         if self.pending_since is None:
             self.pending_since = time.monotonic()
-        self.pending.update(buckets)
+        names = names if isinstance(names, dict) else {}
+        for bucket in buckets:
+            listed = names.get(bucket)
+            _add_change(self.pending, bucket, listed if isinstance(listed, list) else None)
         self.wakeup.set()
 
     def all_stale(self) -> None:
         """Every live query may be stale (a lost layer message, another
         process's write no message announced): evaluate them all."""
         for live in self.live.values():
-            self.pending.update(live.buckets)
+            for bucket in live.buckets:
+                self.pending[bucket] = None
         self.wakeup.set()
 
     async def _refresh_stale(self) -> None:
@@ -229,10 +241,10 @@ class LiveQueries:
 
     async def run_round(self) -> None:
         async with self.lock:
-            changed, self.pending = self.pending, set()
+            changed, self.pending = self.pending, {}
             due, self.due = self.due, set()
             since, self.pending_since = self.pending_since, None
-            lives = [live for key, live in self.live.items() if live.buckets & changed or key in due]
+            lives = [live for key, live in self.live.items() if key in due or _affected(live, changed)]
             if not lives:
                 return
             self.rounds += 1
@@ -251,6 +263,30 @@ class LiveQueries:
             instruments.note_round(
                 evaluated - started, time.monotonic() - since if since is not None else None, pushes, push_bytes
             )
+
+
+def _add_change(pending: Changed, bucket: str, names: list[str] | None) -> None:
+    if names is None:
+        pending[bucket] = None
+    elif bucket not in pending:
+        pending[bucket] = set(names)
+    else:
+        known = pending[bucket]
+        if known is not None:
+            known.update(names)
+
+
+def _affected(live: LiveQuery, changed: Changed) -> bool:
+    """Whether a change may alter the live query's result: it read a changed
+    bucket, and (where it read only some names' readings) one of those names
+    changed."""
+    for bucket in live.buckets:
+        if bucket in changed:
+            names = changed[bucket]
+            read = live.names.get(bucket)
+            if names is None or read is None or not read.isdisjoint(names):
+                return True
+    return False
 
 
 def _deliver(live: LiveQuery, result: str) -> tuple[int, int]:

@@ -22,57 +22,99 @@ from .errors import QUERY_NOT_DEFINED, ProtocolError
 
 
 class BucketReader:
-    """Read-only view of one bucket for query functions."""
+    """Read-only view of one bucket for query functions. Tells its store what
+    it read: one metric name's readings, or anything of the bucket."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, store: QueryStore) -> None:
         self._bucket = get_bucket(name)
+        self._name = name
+        self._store = store
+
+    def _whole(self) -> None:
+        self._store.read_whole(self._name)
+
+    def _of_name(self, filter: dict | None) -> None:
+        # A filter on the name alone (`{"name": "cpu"}`) reads one name's readings.
+        if filter is not None and len(filter) == 1 and isinstance(filter.get("name"), str):
+            self._store.read_name(self._name, filter["name"])
+        else:
+            self._whole()
 
     def all(self) -> list:
+        self._whole()
         return selectors.record_all(bucket=self._bucket)
 
     def where(self, filter: dict) -> list:
+        self._of_name(filter)
         return selectors.record_where(bucket=self._bucket, filter=filter)
 
     def find_one(self, filter: dict) -> Any:
+        self._of_name(filter)
         return selectors.record_find_one(bucket=self._bucket, filter=filter)
 
     def count(self, filter: dict | None = None) -> int:
+        self._of_name(filter)
         return selectors.record_count(bucket=self._bucket, filter=filter)
 
     def first(self, n: int) -> list:
+        self._whole()
         return selectors.record_first(bucket=self._bucket, n=n)
 
     def last(self, n: int, filter: dict | None = None) -> list:
+        self._of_name(filter)
         return selectors.record_last(bucket=self._bucket, n=n, filter=filter)
 
     def aggregate(self, op: str, field: str, filter: dict | None = None) -> Any:
+        self._of_name(filter)
         return selectors.record_aggregate(bucket=self._bucket, op=op, field=field, filter=filter)
 
     def stats_by_name(self) -> list[dict[str, Any]]:
         """Per name: count, min, max, avg, last (newest value) and unit."""
+        self._whole()
         return selectors.record_stats_by_name(bucket=self._bucket)
 
     def total(self) -> int:
         """How many records there are, from the figures writes maintain."""
+        self._whole()
         return selectors.metrics_total()
 
     def series(self, name: str, points: int, window: series.Window) -> series.Series:
         """One name's readings in time buckets (metrics.series)."""
+        self._store.read_name(self._name, name)
         return series.metric_series(name=name, points=points, window=window)
 
 
 class QueryStore:
-    """What a query function reads through; remembers the buckets it touched,
-    and, for a result that goes stale as time passes, when."""
+    """What a query function reads through; remembers the buckets it touched
+    (and, where it read only some metric names' readings, which), and, for a
+    result that goes stale as time passes, when."""
 
     def __init__(self) -> None:
         self.buckets_read: set[str] = set()
+        self._whole: set[str] = set()
+        self._names: dict[str, set[str]] = {}
         self.refresh_at: float | None = None
 
     def bucket(self, name: str) -> BucketReader:
-        reader = BucketReader(name)
+        """A bucket to read; asking for it counts as depending on all of it
+        unless every read through it names one metric."""
         self.buckets_read.add(name)
-        return reader
+        return BucketReader(name, self)
+
+    def read_whole(self, bucket: str) -> None:
+        self._whole.add(bucket)
+
+    def read_name(self, bucket: str, name: str) -> None:
+        self._names.setdefault(bucket, set()).add(name)
+
+    def names_read(self) -> dict[str, frozenset[str]]:
+        """{bucket: the only metric names whose readings the result depends
+        on}, for the buckets read by name alone."""
+        return {
+            bucket: frozenset(names)
+            for bucket, names in self._names.items()
+            if bucket in self.buckets_read and bucket not in self._whole
+        }
 
     def refresh_by(self, at_ms: float | None) -> None:
         """The result must be evaluated again by `at_ms` (ms since epoch)

@@ -185,3 +185,94 @@ async def test_lost_layer_messages_are_repaired_when_the_layer_returns(connect, 
         "data": 3,
     }
     assert hub.link.healthy and hub.link.resyncs == 1 and hub.link.failures >= 1
+
+
+# --- routing by metric name --------------------------------------------------------------
+
+
+def _live(hub, query: str, **params):
+    [live] = [live for live in hub.queries.live.values() if live.query.name == query and live.params == params]
+    return live
+
+
+async def test_a_query_of_one_name_is_evaluated_only_for_that_name_s_readings(connect, monkeypatch):
+    admin = await connect("admin-token")
+    viewer = await connect("viewer-token")
+    window = {"from": 0, "to": 100_000}
+    series = await viewer.ok("store.subscribe", query="metric-series", params={"name": "cpu", "points": 10, **window})
+    latest = await viewer.ok("store.subscribe", query="latest-metrics-by-name", params={"name": "cpu", "n": 2})
+    by_name = await viewer.ok("store.subscribe", query="metrics-by-name", params={"name": "cpu"})
+    count = await viewer.ok("store.subscribe", query="metric-count")
+    hub = get_hub()
+    named = [
+        _live(hub, "metric-series", name="cpu", points=10, **window),
+        _live(hub, "latest-metrics-by-name", name="cpu", n=2),
+        _live(hub, "metrics-by-name", name="cpu"),
+    ]
+    assert [live.names for live in named] == [{"metrics": frozenset({"cpu"})}] * 3
+    total = _live(hub, "metric-count")
+    assert total.names == {}
+    before = [live.evaluations for live in named]
+
+    sent: list[dict] = []
+    layer = get_channel_layer()
+    original = layer.group_send
+
+    async def recording_group_send(group, message):
+        sent.append(message)
+        await original(group, message)
+
+    monkeypatch.setattr(layer, "group_send", recording_group_send)
+    # Another name's readings: only the count moves, and only it is evaluated.
+    await admin.ok("store.insert", bucket="metrics", data={**metric("memory", 1), "timestamp": 10})
+    assert await viewer.push() == {
+        "type": "push",
+        "channel": "subscription",
+        "subscriptionId": count["subscriptionId"],
+        "data": 1,
+    }
+    assert [live.evaluations for live in named] == before
+    assert sent[0]["names"] == {"metrics": ["memory"]}
+
+    # A cpu reading reaches all four.
+    record = await admin.ok("store.insert", bucket="metrics", data={**metric("cpu", 7), "timestamp": 20})
+    assert (await viewer.push_for(series["subscriptionId"]))["data"] == {
+        "name": "cpu",
+        "unit": record["unit"],
+        "from": 0,
+        "to": 100_000,
+        "step": 20_000,
+        "points": [{"t": 0, "count": 1, "min": 7.0, "max": 7.0, "avg": 7.0}],
+    }
+    assert (await viewer.push_for(latest["subscriptionId"]))["data"] == [record]
+    assert (await viewer.push_for(by_name["subscriptionId"]))["data"] == [record]
+    assert (await viewer.push_for(count["subscriptionId"]))["data"] == 2
+    assert [live.evaluations for live in named] == [n + 1 for n in before]
+
+
+async def test_a_reading_moved_to_another_name_reaches_both_names(connect):
+    admin = await connect("admin-token")
+    viewer = await connect("viewer-token")
+    record = await admin.ok("store.insert", bucket="metrics", data=metric("cpu", 1))
+    cpu = await viewer.ok("store.subscribe", query="metrics-by-name", params={"name": "cpu"})
+    disk = await viewer.ok("store.subscribe", query="metrics-by-name", params={"name": "disk"})
+    assert (cpu["data"], disk["data"]) == ([record], [])
+    moved = await admin.ok("store.update", bucket="metrics", key=record["id"], data={"name": "disk"})
+    assert (await viewer.push_for(cpu["subscriptionId"]))["data"] == []
+    assert (await viewer.push_for(disk["subscriptionId"]))["data"] == [moved]
+
+
+async def test_a_change_without_names_reaches_queries_of_one_name(connect):
+    # store.clear names no metric: every query of the bucket is evaluated.
+    admin = await connect("admin-token")
+    viewer = await connect("viewer-token")
+    record = await admin.ok("store.insert", bucket="metrics", data=metric("cpu", 1))
+    cpu = await viewer.ok("store.subscribe", query="latest-metrics-by-name", params={"name": "cpu", "n": 5})
+    assert cpu["data"] == [record]
+    await admin.ok("store.clear", bucket="metrics")
+    assert await viewer.push() == {
+        "type": "push",
+        "channel": "subscription",
+        "subscriptionId": cpu["subscriptionId"],
+        "data": [],
+    }
