@@ -125,6 +125,10 @@ def post(url: str, body: dict[str, Any], transition_id: int, timeout: float) -> 
     return None if 200 <= status < 300 else f"HTTP {status}"
 
 
+def _seconds_until(at_ms: int) -> float:
+    return max(at_ms - now_ms(), 0) / 1000
+
+
 class Sender:
     """One process's sender: `step()` does one unit of work and says how long
     to wait before the next; `run()` loops it (the thread's body)."""
@@ -144,14 +148,23 @@ class Sender:
         from .selectors import transition_body
 
         config = self.config
-        if not claim_lease(self.holder, config.lease):
-            return config.poll
-        head = AlertTransition.objects.filter(pending=True).order_by("id").first()
+        queue = AlertTransition.objects.filter(pending=True).order_by("id")
+        # Only reads while there is nothing to send: an idle sender writes
+        # nothing (on SQLite every commit would make the hub's watch of
+        # other connections' writes re-evaluate every live query).
+        head = queue.first()
         if head is None:
             return config.poll
+        if head.next_attempt_at is not None and head.next_attempt_at > now_ms():
+            return min(_seconds_until(head.next_attempt_at), config.poll)
+        if not claim_lease(self.holder, config.lease):
+            return config.poll
+        head = queue.first()  # as it is now that the lease is ours
         now = now_ms()
+        if head is None:
+            return config.poll
         if head.next_attempt_at is not None and head.next_attempt_at > now:
-            return min((head.next_attempt_at - now) / 1000, config.poll)
+            return min(_seconds_until(head.next_attempt_at), config.poll)
         table, _ = _tables()
         if config.give_up_after > 0 and head.attempts > 0 and now - head.at > config.give_up_after * 1000:
             with connection.cursor() as cursor:

@@ -118,8 +118,9 @@ def test_one_sender_holds_the_lease_until_it_expires(queued):
         assert first.step() == first.config.poll  # first no longer sends
     assert len(receiver.attempts) == 2 and receiver.ids == sorted(receiver.ids)
     webhook.release_lease("second")
-    assert first.step() == first.config.poll  # the queue is empty; first holds the lease again
-    assert WebhookLease.objects.get().holder == "first"
+    assert WebhookLease.objects.values_list("holder", "expires_at").get() == ("second", 0)
+    assert first.step() == first.config.poll  # nothing to send: an idle sender only reads
+    assert WebhookLease.objects.values_list("holder", "expires_at").get() == ("second", 0)
 
 
 def test_gives_up_on_a_transition_older_than_the_bound_and_goes_on(queued, caplog):
