@@ -138,6 +138,7 @@ class Sender:
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.wakeup = threading.Event()
         self.stopping = threading.Event()
+        self.holding = False
         self.delivered = 0
         self.failures = 0
         self._last_logged = 0.0
@@ -154,10 +155,16 @@ class Sender:
         # other connections' writes re-evaluate every live query).
         head = queue.first()
         if head is None:
+            if self.holding:
+                # Drained: let whichever process has the next transition
+                # send it at once, and leave no lease behind at a stop.
+                release_lease(self.holder)
+                self.holding = False
             return config.poll
         if head.next_attempt_at is not None and head.next_attempt_at > now_ms():
             return min(_seconds_until(head.next_attempt_at), config.poll)
-        if not claim_lease(self.holder, config.lease):
+        self.holding = claim_lease(self.holder, config.lease)
+        if not self.holding:
             return config.poll
         head = queue.first()  # as it is now that the lease is ours
         now = now_ms()
@@ -254,8 +261,9 @@ def start() -> Sender | None:
     _sender = Sender(config)
     _thread = threading.Thread(target=_sender.run, name="alert-webhook", daemon=True)
     _thread.start()
-    # On a clean exit the lease is released, so another process (or this
-    # one restarted) takes over at once instead of after the lease expires.
+    # Where the interpreter exits normally (runserver, a shell) the lease is
+    # released at once; uvicorn ends by re-raising SIGTERM, so there only a
+    # lease held mid-delivery is left, to expire.
     atexit.register(stop)
     # Scheme and host only: the path or query may hold a secret.
     target = urllib.parse.urlsplit(config.url)

@@ -2,7 +2,7 @@
 Redis, and a real local HTTP receiver that refuses the first attempts and is
 later down for a while: every transition is delivered exactly once, in order,
 after the receiver recovers and after the sending server crashed and was
-restarted (fixtures: tests/servers.py)."""
+restarted; the lease is released once the queue is drained (fixtures: tests/servers.py)."""
 
 from __future__ import annotations
 
@@ -91,6 +91,8 @@ async def test_each_transition_delivered_once_in_order_across_refusals_and_a_res
             a.stop()
             b.stop()
 
+    # The queue drained, the last holder released the lease: no stop leaves one behind.
+    assert database.query("SELECT expires_at FROM alerting_webhooklease") == [(0,)]
     rows = transitions(database)
     assert [(r[1], r[2], r[3]) for r in rows] == [
         ("no-data", "ok", 10.0),
