@@ -24,6 +24,9 @@ SUBSCRIPTIONS = [
     ("metric-count", None, ("store.count", {"bucket": "metrics"})),
     ("latest-metrics", {"n": 3}, ("store.last", {"bucket": "metrics", "n": 3})),
     ("active-alerts", None, ("store.all", {"bucket": "alerts"})),
+    # No store operation reads alert states: a fresh subscription does.
+    ("alert-status", None, ("store.subscribe", {"query": "alert-status"})),
+    ("alert-events", {"n": 3}, ("store.subscribe", {"query": "alert-events", "params": {"n": 3}})),
 ]
 
 write = st.one_of(
@@ -101,7 +104,7 @@ async def _run(communicators_open, steps: list[tuple]) -> None:
             subs[frame["subscriptionId"]][1].append(frame["data"])
         frames.clear()
 
-    expected = {sid: await admin.ok(fresh[0], **fresh[1]) for sid, (fresh, _) in subs.items()}
+    expected = {sid: await _fresh(admin, *fresh) for sid, (fresh, _) in subs.items()}
     for subscription_id, (_, seen) in subs.items():
         absorb(viewer.pushes)
         while seen[-1] != expected[subscription_id]:
@@ -114,6 +117,14 @@ async def _run(communicators_open, steps: list[tuple]) -> None:
         assert seen[-1] == expected[subscription_id]
         for before, after in itertools.pairwise(seen):
             assert before != after, f"{subscription_id} received the same result twice in a row"
+
+
+async def _fresh(admin: Client, operation: str, fields: dict) -> object:
+    data = await admin.ok(operation, **fields)
+    if operation != "store.subscribe":
+        return data
+    await admin.ok("store.unsubscribe", subscriptionId=data["subscriptionId"])
+    return data["data"]
 
 
 def _track(keys: list[str], operations: list[dict], results: list) -> None:
