@@ -19,9 +19,10 @@ readings.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,49 +84,133 @@ class Reading:
 # --- one reading at a time (model signals) --------------------------------------
 
 
-@functools.cache
-def _add_statements(vendor: str) -> tuple[str, str]:
-    """The two upserts of a new reading, per database (built once: they run
-    on every insert)."""
-    least, greatest = ("LEAST", "GREATEST") if vendor == "postgresql" else ("MIN", "MAX")
+def _least_greatest(vendor: str) -> tuple[str, str]:
+    return ("LEAST", "GREATEST") if vendor == "postgresql" else ("MIN", "MAX")
+
+
+@functools.lru_cache(maxsize=256)
+def _stats_upsert(vendor: str, rows: int) -> str:
+    """Adds readings of `rows` names to their figures (built once per shape:
+    it runs on every insert)."""
+    least, greatest = _least_greatest(vendor)
     newer = f"excluded.last_seq > {STATS}.last_seq"
-    stats = (
+    return (
         f"INSERT INTO {STATS} (name, count, sum, min, max, last_seq, last_value, last_unit) "
-        f"VALUES (%s, 1, %s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO UPDATE SET "
-        f"count = {STATS}.count + 1, sum = {STATS}.sum + excluded.sum, "
+        f"VALUES {', '.join(['(%s, %s, %s, %s, %s, %s, %s, %s)'] * rows)} ON CONFLICT (name) DO UPDATE SET "
+        f"count = {STATS}.count + excluded.count, sum = {STATS}.sum + excluded.sum, "
         f"min = {least}({STATS}.min, excluded.min), max = {greatest}({STATS}.max, excluded.max), "
         f"last_seq = CASE WHEN {newer} THEN excluded.last_seq ELSE {STATS}.last_seq END, "
         f"last_value = CASE WHEN {newer} THEN excluded.last_value ELSE {STATS}.last_value END, "
         f"last_unit = CASE WHEN {newer} THEN excluded.last_unit ELSE {STATS}.last_unit END"
     )
-    rows = ", ".join(["(%s, %s, %s, 1, %s, %s, %s)"] * len(TIERS))
-    tiers = (
-        f"INSERT INTO {ROLLUP} (name, resolution, start, count, sum, min, max) VALUES {rows} "
+
+
+@functools.lru_cache(maxsize=256)
+def _tiers_upsert(vendor: str, rows: int) -> str:
+    """Adds readings to `rows` tier buckets."""
+    least, greatest = _least_greatest(vendor)
+    return (
+        f"INSERT INTO {ROLLUP} (name, resolution, start, count, sum, min, max) "
+        f"VALUES {', '.join(['(%s, %s, %s, %s, %s, %s, %s)'] * rows)} "
         f"ON CONFLICT (name, resolution, start) DO UPDATE SET "
         f"count = {ROLLUP}.count + excluded.count, sum = {ROLLUP}.sum + excluded.sum, "
         f"min = {least}({ROLLUP}.min, excluded.min), max = {greatest}({ROLLUP}.max, excluded.max)"
     )
-    return stats, tiers
+
+
+# Rows per upsert statement: within SQLite's and PostgreSQL's limits on
+# parameters (7 or 8 a row), and at most this many statement texts to cache.
+ROWS_PER_STATEMENT = 256
 
 
 def reading_added(reading: Reading) -> None:
     """Adds a stored reading to the per-name figures and every tier: one
-    upsert each."""
-    stats, tiers = _add_statements(connection.vendor)
-    name, value = reading.name, reading.value
+    upsert each, or, inside `deferred()`, at the end of the block."""
+    pending: list[Reading] | None = getattr(connection, "_derived_pending", None)
+    if pending is not None:
+        pending.append(reading)
+    else:
+        readings_added([reading])
+
+
+def readings_added(readings: list[Reading]) -> None:
+    """Adds stored readings to the per-name figures and every tier, summed per
+    name and per tier bucket first: one upsert per table (per 256 rows)."""
+    stats: dict[str, list[Any]] = {}
+    buckets: dict[tuple[str, int, int], list[Any]] = {}
+    for r in readings:
+        figures = stats.get(r.name)
+        if figures is None:
+            stats[r.name] = [r.name, 1, r.value, r.value, r.value, r.seq, r.value, r.unit]
+        else:
+            figures[1] += 1
+            figures[2] += r.value
+            figures[3] = min(figures[3], r.value)
+            figures[4] = max(figures[4], r.value)
+            if r.seq > figures[5]:
+                figures[5:8] = [r.seq, r.value, r.unit]
+        if not bucketed(r.timestamp):
+            continue
+        floor = math.floor(r.timestamp)
+        for res in TIERS:
+            key = (r.name, res, (floor // res) * res)
+            bucket = buckets.get(key)
+            if bucket is None:
+                buckets[key] = [*key, 1, r.value, r.value, r.value]
+            else:
+                bucket[3] += 1
+                bucket[4] += r.value
+                bucket[5] = min(bucket[5], r.value)
+                bucket[6] = max(bucket[6], r.value)
+    stats_rows, bucket_rows = list(stats.values()), list(buckets.values())
     with connection.cursor() as cursor:
-        cursor.execute(stats, [name, value, value, value, reading.seq, value, reading.unit])
-        if bucketed(reading.timestamp):
-            floor = math.floor(reading.timestamp)
-            params: list[Any] = []
-            for res in TIERS:
-                params += (name, res, (floor // res) * res, value, value, value)
-            cursor.execute(tiers, params)
+        for chunk in _chunks(stats_rows):
+            cursor.execute(_stats_upsert(connection.vendor, len(chunk)), _flat(chunk))
+        for chunk in _chunks(bucket_rows):
+            cursor.execute(_tiers_upsert(connection.vendor, len(chunk)), _flat(chunk))
+
+
+def _chunks(rows: list[list[Any]]) -> Iterator[list[list[Any]]]:
+    for start in range(0, len(rows), ROWS_PER_STATEMENT):
+        yield rows[start : start + ROWS_PER_STATEMENT]
+
+
+def _flat(rows: list[list[Any]]) -> list[Any]:
+    return [value for row in rows for value in row]
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Inside a transaction: readings the model signals add are gathered and
+    added when the block ends, in one upsert per table for all of them
+    instead of two per reading (a store.transaction, pipelined inserts, an
+    ingest batch). Anything that subtracts or reads the figures within the
+    block calls `flush()` first. Leaving the block by an exception drops
+    them: the transaction around it is being rolled back."""
+    if getattr(connection, "_derived_pending", None) is not None:
+        yield  # nested: the outer block adds them
+        return
+    connection._derived_pending = []  # type: ignore[attr-defined]
+    try:
+        yield
+        flush()
+    finally:
+        connection._derived_pending = None  # type: ignore[attr-defined]
+
+
+def flush() -> None:
+    """Adds the readings `deferred()` has gathered so far."""
+    pending: list[Reading] | None = getattr(connection, "_derived_pending", None)
+    if pending:
+        readings = pending[:]
+        pending.clear()
+        readings_added(readings)
 
 
 def reading_removed(reading: Reading) -> None:
     """Takes a reading that is no longer stored (deleted, or the old side of
     an update, already written) out of the per-name figures and every tier."""
+    flush()
     with connection.cursor() as cursor:
         _stats_subtract(cursor, reading.name, 1, reading.value, reading.value, reading.value, {reading.seq})
         if bucketed(reading.timestamp):
@@ -229,6 +314,7 @@ def stored_reading(seq: int) -> Reading | None:
 
 def clear() -> None:
     """The bucket was emptied: nothing is derived, and nothing was pruned."""
+    flush()
     with connection.cursor() as cursor:
         for table in (STATS, ROLLUP, HORIZON):
             cursor.execute(f"DELETE FROM {table}")
@@ -240,6 +326,7 @@ def readings_removed_in_bulk(name: str, removed: list[tuple[int, float, float]])
     (their own retention applies)."""
     if not removed:
         return
+    flush()
     values = [value for _seq, value, _ts in removed]
     with connection.cursor() as cursor:
         _stats_subtract(

@@ -115,7 +115,7 @@ def record_insert_each(*, items: list[tuple[BucketSchema, dict[str, Any]]]) -> l
             outcomes.append(error)
     if len(valid) > 1:
         try:
-            with transaction.atomic():
+            with transaction.atomic(), derived.deferred():
                 written = [_insert_valid(bucket, columns) for _index, bucket, columns in valid]
         except Exception:
             pass  # rolled back whole; one at a time below
@@ -182,8 +182,12 @@ class OperationFailed(StoreError):
 def transaction_run(*, operations: list[Operation]) -> dict[str, Any]:
     """All or nothing: the first failing operation rolls everything back."""
     results: list[dict[str, Any]] = []
-    with transaction.atomic():
+    # The inserts' per-name figures and tiers are added in one upsert per
+    # table at the end; any other operation may read or subtract from them.
+    with transaction.atomic(), derived.deferred():
         for index, operation in enumerate(operations):
+            if operation.op != "insert":
+                derived.flush()
             try:
                 data = TRANSACTION_OPS[operation.op](operation.bucket, operation.args)
             except StoreError as error:

@@ -53,6 +53,9 @@ write = st.one_of(
 step = st.one_of(
     write,
     st.tuples(st.just("transaction"), st.lists(write, min_size=1, max_size=5), st.booleans()),
+    # One connection's pipelined inserts (one commit); a repeated id fails
+    # in the database, and the batch is written again one at a time.
+    st.tuples(st.just("pipelined"), st.lists(reading, min_size=1, max_size=6), st.booleans()),
     st.tuples(st.just("shell-create"), reading),
     st.tuples(st.just("shell-delete"), st.integers(0, 40)),
     st.tuples(st.just("bulk-delete"), st.sampled_from(NAMES), st.integers(0, 3 * DAY)),
@@ -125,6 +128,11 @@ def _apply(choice: tuple, history: History) -> None:
             services.transaction_run(operations=operations)
         except StoreError:
             pass  # a forced failure, or a delete then update of one key
+    elif kind == "pipelined":
+        items = [(METRICS, dict(data)) for data in choice[1]]
+        if choice[2]:
+            items[0][1]["id"] = items[-1][1]["id"] = "same-id"
+        services.record_insert_each(items=items)
     elif kind == "shell-create":
         # A shell in autocommit mode, through the model.
         Metric.objects.create(**choice[1])

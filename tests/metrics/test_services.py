@@ -361,3 +361,68 @@ def test_the_fenced_on_commit_layout_is_still_django_s():
         pending = connection._dashboard_changes
         assert callback == pending.publish and changes._scheduled(pending)
         assert isinstance(savepoint_ids, set) and robust is False
+
+
+# --- the derived figures of many inserts ---------------------------------------------
+
+
+def _derived_writes(queries: list[dict]) -> list[str]:
+    from metrics import derived
+
+    return [
+        q["sql"]
+        for q in queries
+        if q["sql"].startswith("INSERT INTO") and (derived.STATS in q["sql"] or derived.ROLLUP in q["sql"])
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_transaction_s_inserts_update_the_figures_and_tiers_in_one_upsert_each():
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from metrics import derived
+
+    readings = [row("a", 1, timestamp=1_000), row("b", 5, timestamp=2_000), row("a", 3, timestamp=61_000)]
+    with CaptureQueriesContext(connection) as captured:
+        services.transaction_run(operations=[op("insert", data=data) for data in readings])
+    upserts = _derived_writes(captured.captured_queries)
+    assert len(upserts) == 2, upserts
+    assert derived.stored_stats() == {"a": (2, 4.0, 1.0, 3.0, 3.0, "%"), "b": (1, 5.0, 5.0, 5.0, 5.0, "%")}
+    assert derived.stored_rollups([10_000, 60_000]) == {
+        ("a", 10_000, 0): (1, 1.0, 1.0, 1.0),
+        ("a", 10_000, 60_000): (1, 3.0, 3.0, 3.0),
+        ("a", 60_000, 0): (1, 1.0, 1.0, 1.0),
+        ("a", 60_000, 60_000): (1, 3.0, 3.0, 3.0),
+        ("b", 10_000, 0): (1, 5.0, 5.0, 5.0),
+        ("b", 60_000, 0): (1, 5.0, 5.0, 5.0),
+    }
+
+
+@pytest.mark.django_db(transaction=True)
+def test_reads_and_deletes_in_a_transaction_see_the_inserts_before_them():
+    # The gathered inserts are added before any other operation, which may
+    # read the figures (count) or subtract from them (a delete of one of them).
+    from metrics import derived
+
+    result = services.transaction_run(
+        operations=[
+            op("insert", data=row("a", 1, id="x")),
+            op("insert", data=row("a", 9, id="y")),
+            op("delete", key="y"),
+            op("count"),
+            op("insert", data=row("a", 4, id="z")),
+        ]
+    )
+    assert result["results"][3] == {"index": 3, "data": 1}
+    assert derived.stored_stats() == derived.recomputed_stats() == {"a": (2, 5.0, 1.0, 4.0, 4.0, "%")}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_transaction_leaves_no_gathered_figures_behind():
+    from metrics import derived
+
+    with pytest.raises(StoreError):
+        services.transaction_run(operations=[op("insert", data=row("a", 1)), op("update", key="missing", data={})])
+    services.record_insert(bucket=METRICS, data=row("b", 2))
+    assert derived.stored_stats() == {"b": (1, 2.0, 2.0, 2.0, 2.0, "%")}
