@@ -12,6 +12,7 @@ from asgiref.sync import sync_to_async
 from django.test import Client
 
 from alerting.models import AlertStatus, AlertTransition
+from metrics.admin_display import ms_text
 from metrics.models import Alert, Metric
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -97,6 +98,11 @@ def test_transitions_admin_filters_by_alert_severity_and_state(admin_client):
     assert listed("?severity__exact=low") == [(low.key, "no-data", "firing")]
     assert listed("?to_state__exact=ok") == [(high.key, "firing", "ok")]
     assert listed(f"?alert_key={high.key}") == sorted([(high.key, "no-data", "firing"), (high.key, "firing", "ok")])
+    assert listed("?alert_key=no-such-alert") == []
+    page = admin_client.get("/admin/alerting/alerttransition/?to_state__exact=ok").content.decode()
+    ok = AlertTransition.objects.get(to_state="ok")
+    assert ms_text(ok.at) in page and "not queued" in page  # the time as a date; no webhook was set
+    assert f'<option value="{high.key}">' in page  # the alert box suggests the current alerts
     # History is kept by the evaluation, never written by hand.
     assert admin_client.get("/admin/alerting/alerttransition/add/").status_code == 403
 
