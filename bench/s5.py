@@ -10,8 +10,8 @@ and each size, with one uvicorn server process (DEBUG off, the in-memory layer, 
   1. Migrate an empty database and seed the demo tokens, then preload `metrics_metric` by SQL
      from this process (SQLite: executemany in large transactions with synchronous=OFF;
      PostgreSQL: COPY, then VACUUM ANALYZE as autovacuum would soon do): 12 host-collector-like
-     names, one reading per name per second, timestamps ending at the load's start, so 10M
-     readings span 9.6 days.  Then `manage.py rebuild_aggregates` (the derived tables from the raw
+     names, one reading per name per second (--spacing-ms), timestamps ending at the load's start,
+     so 10M readings span 9.6 days.  Then `manage.py rebuild_aggregates` (the derived tables from the raw
      readings), then a checkpoint (SQLite's WAL, PostgreSQL's dirty buffers), so that the
      measured phase does not write out the load.  Load, rebuild and checkpoint times are reported.  The server starts pinned to core 0; this
      process pins itself to core 1 from then on.
@@ -201,12 +201,13 @@ def reading_value(index: int, second: int) -> float:
 
 @dataclass(frozen=True)
 class Grid:
-    """The preloaded readings: reading i (seq i + 1) is of name i % 12 at second i // 12, one
-    second apart, the last second at `end_ms`; keys p000000001, ...  Everything about them
-    (count in a range, timestamps) follows from these numbers."""
+    """The preloaded readings: reading i (seq i + 1) is of name i % 12 at step i // 12, steps
+    `spacing_ms` apart (1 s by default), the last one at `end_ms`; keys p000000001, ...
+    Everything about them (count in a range, timestamps) follows from these numbers."""
 
     size: int
     end_ms: int
+    spacing_ms: int = 1000
 
     @property
     def seconds(self) -> int:
@@ -214,7 +215,7 @@ class Grid:
 
     @property
     def base_ms(self) -> int:
-        return self.end_ms - (self.seconds - 1) * 1000
+        return self.end_ms - (self.seconds - 1) * self.spacing_ms
 
     @property
     def oldest_ms(self) -> int:
@@ -227,7 +228,7 @@ class Grid:
         units = [UNITS[name] for name in names]
         for i in range(first, stop):
             second, index = divmod(i, len(names))
-            ts = base + second * 1000
+            ts = base + second * self.spacing_ms
             seq = i + 1
             yield (seq, f"p{seq:09d}", 1, ts, ts, names[index], reading_value(index, second), units[index], float(ts))
 
@@ -235,8 +236,8 @@ class Grid:
         """Preloaded readings of `name` with start_ms <= timestamp < stop_ms."""
         index = NAMES.index(name)
         per_name = -(-(self.size - index) // len(NAMES))  # seconds at which this name has a reading
-        first = max(0, math.ceil((start_ms - self.base_ms) / 1000))
-        last = min(per_name - 1, math.ceil((stop_ms - self.base_ms) / 1000) - 1)
+        first = max(0, math.ceil((start_ms - self.base_ms) / self.spacing_ms))
+        last = min(per_name - 1, math.ceil((stop_ms - self.base_ms) / self.spacing_ms) - 1)
         return max(0, last - first + 1)
 
 
@@ -646,6 +647,7 @@ class Options:
     smoke: bool
     py_spy: str | None = None
     quiet_wait: float = 0.0
+    spacing_ms: int = 1000
 
 
 @dataclass
@@ -697,7 +699,7 @@ def run_case(kind: str, size: int, options: Options) -> Case:
         database.create()
         env = case_env(database.url)
         servers.prepare_database(env, force=True, python=servers.PYTHON)
-        grid = Grid(size, now_ms())
+        grid = Grid(size, now_ms(), options.spacing_ms)
         started = time.perf_counter()
         database.load(grid)
         case.figures["load_s"] = round(time.perf_counter() - started, 1)
@@ -822,7 +824,7 @@ async def first_results(case: Case, conn: Conn, grid: Grid, truth: Truth, repeat
 
 def transaction(index: int, ts: int, grid: Grid) -> tuple[list[dict[str, JSON]], tuple[str, ...]]:
     """The writer's index-th transaction: INSERTS_PER_TX readings, names cycling over the 12."""
-    second = (ts - grid.base_ms) // 1000
+    second = (ts - grid.base_ms) // grid.spacing_ms
     picks = [(index * INSERTS_PER_TX + j) % len(NAMES) for j in range(INSERTS_PER_TX)]
     data = [
         {"name": NAMES[i], "value": reading_value(i, second), "unit": UNITS[NAMES[i]], "timestamp": ts} for i in picks
@@ -1016,6 +1018,7 @@ def case_json(case: Case, revision: str, options: Options) -> dict[str, JSON]:
         "revision": revision,
         "smoke": options.smoke,
         "seconds": options.seconds,
+        "spacing_ms": options.spacing_ms,
         "figures": case.figures,
         "first_results_ms": {label: [ms(s) for s in samples] for label, samples in case.first_results.items()},
         "pushes": {
@@ -1139,6 +1142,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="before measuring, wait up to this long for a second without other busy processes",
     )
     parser.add_argument(
+        "--spacing-ms",
+        type=int,
+        default=1000,
+        help="ms between a name's preloaded readings (default 1000, a 1 s collector; 5000 lets 10,000 "
+        "readings fill the page's 1-hour charts, so that every size draws charts of the same size)",
+    )
+    parser.add_argument(
         "--py-spy",
         default=None,
         metavar="BINARY",
@@ -1163,6 +1173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         smoke=args.smoke,
         py_spy=args.py_spy,
         quiet_wait=args.quiet_wait,
+        spacing_ms=args.spacing_ms,
     )
     servers.raise_fd_limit()
     rev = revision()
@@ -1177,7 +1188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             width = max(len(name) for name, _ in rows)
             print(
                 f"\nS5 {kind}, {size:,} readings, code {rev}, {options.seconds:g} s of writes at "
-                f"{TX_PER_S:g} transactions/s of {INSERTS_PER_TX}"
+                f"{TX_PER_S:g} transactions/s of {INSERTS_PER_TX}, preloaded {options.spacing_ms} ms apart per name"
             )
             for name, value in rows:
                 print(f"  {name:<{width}}  {value}")
