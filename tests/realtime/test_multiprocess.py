@@ -85,7 +85,8 @@ def empty_store(database):
     subscriptions are live between tests, and record identities are never
     reused, so the servers' caches hold nothing stale)."""
     database.execute(
-        "TRUNCATE metrics_metric, metrics_alert, metrics_metricnamestats, metrics_metricrollup, metrics_metrichorizon"
+        "TRUNCATE metrics_metric, metrics_alert, metrics_metricnamestats, metrics_metricrollup, metrics_metrichorizon, "
+        "alerting_alertstatus, alerting_alerttransition"
     )
 
 
