@@ -106,6 +106,16 @@ def release_lease(holder: str) -> None:
         cursor.execute(f"UPDATE {lease} SET expires_at = 0 WHERE id = %s AND holder = %s", [LEASE_ROW, holder])
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    # urllib would follow a 301-303 with a GET and no body, and a 2xx from
+    # there would pass for delivery: a redirect is a failure instead.
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_opener = urllib.request.build_opener(_NoRedirects)
+
+
 def post(url: str, body: dict[str, Any], transition_id: int, timeout: float) -> str | None:
     """POSTs one transition; None when the receiver answered 2xx, else why not."""
     request = urllib.request.Request(
@@ -115,7 +125,7 @@ def post(url: str, body: dict[str, Any], transition_id: int, timeout: float) -> 
         headers={"Content-Type": "application/json", "X-Alert-Transition-Id": str(transition_id)},
     )
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with _opener.open(request, timeout=timeout) as response:
             response.read(65536)
             status = response.status
     except urllib.error.HTTPError as error:

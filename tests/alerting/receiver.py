@@ -15,9 +15,12 @@ class Receiver:
         self.refuse_first = refuse_first
         self.delay = delay
         self.refusing = False
+        self.answer = 200  # when not refusing
+        self.location = ""  # sent with a 3xx answer
         self.attempts: list[dict[str, Any]] = []  # every POST, refused or not
         self.accepted: list[dict[str, Any]] = []  # bodies answered 200, in order
         self.ids: list[int] = []  # X-Alert-Transition-Id of the accepted ones
+        self.gets = 0
         self.changed = threading.Condition()
         receiver = self
 
@@ -29,11 +32,22 @@ class Receiver:
                 with receiver.changed:
                     receiver.attempts.append(body)
                     refuse = receiver.refusing or len(receiver.attempts) <= receiver.refuse_first
-                    if not refuse:
+                    if not refuse and receiver.answer == 200:
                         receiver.accepted.append(body)
                         receiver.ids.append(int(self.headers["X-Alert-Transition-Id"]))
                     receiver.changed.notify_all()
-                self.send_response(503 if refuse else 200)
+                status = 503 if refuse else receiver.answer
+                self.send_response(status)
+                if 300 <= status < 400:
+                    self.send_header("Location", receiver.location)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def do_GET(self) -> None:
+                # Where a client that follows a redirect with a GET ends up.
+                with receiver.changed:
+                    receiver.gets += 1
+                self.send_response(200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 

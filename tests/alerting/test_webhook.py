@@ -104,6 +104,17 @@ def test_a_receiver_that_answers_late_is_a_timeout_and_retried(queued):
     assert [b["to"] for b in receiver.accepted][-1] == "firing"
 
 
+def test_a_redirect_is_a_failure_not_a_delivery(queued):
+    make_transitions(90)
+    with Receiver() as target, Receiver() as receiver:
+        receiver.answer, receiver.location = 302, target.url
+        sender = webhook.Sender(config(receiver.url))
+        assert sender.step() > 0
+        [transition] = AlertTransition.objects.all()
+        assert (transition.pending, transition.attempts, transition.delivered_at) == (True, 1, None)
+        assert len(receiver.attempts) == 1 and target.gets == 0  # not followed
+
+
 def test_one_sender_holds_the_lease_until_it_expires(queued):
     make_transitions(90, 10)
     with Receiver() as receiver:
