@@ -19,13 +19,14 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from metrics import models as store
-from metrics.models import Alert, Metric
+from metrics.models import Alert, Metric, MetricNameStats
 
 from . import webhook
 from .models import FIRING, NO_DATA, OK, AlertStatus, AlertTransition
 
 STATUS = AlertStatus._meta.db_table
 METRIC = Metric._meta.db_table
+NAME_STATS = MetricNameStats._meta.db_table
 
 
 def state_of(value: float | None, threshold: float) -> str:
@@ -128,6 +129,14 @@ def alert_saved(alert: Alert) -> None:
 
 
 def _evaluate_alert(alert: Alert) -> None:
+    if connection.vendor == "postgresql":
+        # A transaction writing a reading of this metric holds its per-name
+        # figures' row (metrics.derived) until it commits; waiting for it
+        # here means the newest reading below includes that reading, while a
+        # later writer waits for this alert's commit and then evaluates it.
+        # Taken before the status row, in the order writers take them.
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT 1 FROM {NAME_STATS} WHERE name = %s FOR UPDATE", [alert.metric])
     value = newest_value(alert.metric)
     after = state_of(value, alert.threshold)
     copies = {"alert_key": alert.key, "metric": alert.metric, "threshold": alert.threshold, "severity": alert.severity}
