@@ -8,8 +8,9 @@ from typing import Any
 
 from django.db.models.signals import post_delete, post_save, pre_save
 
+from metrics import derived
 from metrics.models import Alert, Metric
-from metrics.signals import rows_removed_in_bulk
+from metrics.signals import readings_added_in_bulk, rows_removed_in_bulk
 
 from . import evaluation
 
@@ -23,7 +24,9 @@ def _metric_before_save(sender: Any, instance: Metric, **kwargs: Any) -> None:
     instance._alerting_old_name = old  # type: ignore[attr-defined]
 
 
-def _metric_saved(sender: Any, instance: Metric, **kwargs: Any) -> None:
+def _metric_saved(sender: Any, instance: Metric, created: bool = False, **kwargs: Any) -> None:
+    if created and derived.deferring():
+        return  # a batch: evaluated once per name when it ends (_added_in_bulk)
     old = getattr(instance, "_alerting_old_name", None)
     names = [instance.name] if old is None or old == instance.name else [instance.name, old]
     evaluation.readings_changed(names)
@@ -35,6 +38,10 @@ def _metric_deleted(sender: Any, instance: Metric, **kwargs: Any) -> None:
 
 def _alert_saved(sender: Any, instance: Alert, **kwargs: Any) -> None:
     evaluation.alert_saved(instance)
+
+
+def _added_in_bulk(sender: Any, names: list[str], **kwargs: Any) -> None:
+    evaluation.readings_changed(names)
 
 
 def _removed_in_bulk(sender: Any, names: list[str] | None, **kwargs: Any) -> None:
@@ -53,3 +60,4 @@ def connect() -> None:
     post_delete.connect(_metric_deleted, sender=Metric, dispatch_uid="alerting-metric-deleted")
     post_save.connect(_alert_saved, sender=Alert, dispatch_uid="alerting-alert-saved")
     rows_removed_in_bulk.connect(_removed_in_bulk, dispatch_uid="alerting-rows-removed-in-bulk")
+    readings_added_in_bulk.connect(_added_in_bulk, dispatch_uid="alerting-readings-added-in-bulk")

@@ -29,6 +29,7 @@ from typing import Any
 from django.db import connection
 
 from .models import Metric, MetricHorizon, MetricNameStats, MetricRollup
+from .signals import readings_added_in_bulk
 
 # Bucket sizes in ms, finest first; each divides the next, so a coarse bucket
 # is exactly a set of finer ones.
@@ -205,6 +206,15 @@ def flush() -> None:
         readings = pending[:]
         pending.clear()
         readings_added(readings)
+        # Tables that follow each name's newest reading (alert states) are
+        # brought up to date once per name here, not once per reading.
+        readings_added_in_bulk.send(sender=Metric, names=sorted({r.name for r in readings}))
+
+
+def deferring() -> bool:
+    """True inside a `deferred()` block: new readings are added at its end
+    (and `readings_added_in_bulk` sent then)."""
+    return getattr(connection, "_derived_pending", None) is not None
 
 
 def reading_removed(reading: Reading) -> None:

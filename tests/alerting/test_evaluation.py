@@ -227,3 +227,44 @@ def test_transitions_are_queued_only_when_a_webhook_is_configured(settings):
         ("firing", False),
         ("ok", True),
     ]
+
+
+def insert_op(name: str, value: float) -> services.Operation:
+    return services.Operation("insert", METRICS, {"data": {"name": name, "value": value, "timestamp": 1}})
+
+
+def test_a_batch_is_evaluated_once_per_name_at_its_end():
+    reading("cpu", 10)
+    alert("cpu", 50)
+    # Above and back below inside one transaction: nobody ever saw it fire.
+    services.transaction_run(operations=[insert_op("cpu", 90), insert_op("cpu", 20)])
+    assert status() == [("a1", "ok", 20)] and moves() == []
+    services.transaction_run(operations=[insert_op("cpu", 20), insert_op("cpu", 95), insert_op("mem", 1)])
+    assert status() == [("a1", "firing", 95)] and moves() == [("a1", "ok", "firing", 95)]
+    # Pipelined inserts share a transaction too.
+    outcomes = services.record_insert_each(
+        items=[(METRICS, {"name": "cpu", "value": v, "timestamp": 1}) for v in (60, 5)]
+    )
+    assert all(isinstance(o, dict) for o in outcomes)
+    assert status() == [("a1", "ok", 5)] and moves()[-1] == ("a1", "firing", "ok", 5)
+
+
+def test_an_alert_in_a_batch_sees_the_readings_before_it():
+    services.transaction_run(
+        operations=[
+            insert_op("cpu", 90),
+            services.Operation(
+                "insert", ALERTS, {"data": {"id": "a1", "metric": "cpu", "threshold": 50, "timestamp": 1}}
+            ),
+            insert_op("cpu", 91),
+        ]
+    )
+    assert status() == [("a1", "firing", 91)] and moves() == []
+
+
+def test_a_batch_costs_one_alerting_query_per_name():
+    alert("cpu", 50)
+    with CaptureQueriesContext(connection) as queries:
+        services.transaction_run(operations=[insert_op(f"n{i % 3}", i) for i in range(60)])
+    alerting = [q["sql"] for q in queries.captured_queries if "alerting_" in q["sql"]]
+    assert len(alerting) == 3, alerting
