@@ -4,9 +4,12 @@ whole frames, and their errors."""
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import pytest
+from asgiref.sync import sync_to_async
+from django.core.management import call_command
 
 from tests.conftest import CLOCK_START
 
@@ -203,3 +206,21 @@ async def test_alert_status_takes_no_params(viewer):
         "message": 'Unknown param "n" for query "alert-status" (known: none)',
         "details": [{"field": "n", "message": "Unknown param", "code": "unknown"}],
     }
+
+
+async def test_a_metric_pruned_away_pushes_no_data(admin, viewer, clock):
+    await add_alert(admin)
+    old = 1_000_000  # a timestamp in 1970: older than any retention
+    await admin.ok("store.insert", bucket="metrics", data={"name": "cpu", "value": 80, "timestamp": old})
+    status = await viewer.ok("store.subscribe", query="alert-status")
+    s = status["subscriptionId"]
+    assert status["data"] == [entry("firing", 80, T0)]
+    clock.now = T0 + 5000
+    out = io.StringIO()
+    await sync_to_async(call_command)("prune_metrics", "--older-than", "7d", "--raw-only", stdout=out)
+    assert out.getvalue().startswith("deleted 1 metric(s) older than 7d")
+    assert await viewer.push_for(s) == push(s, [entry("no-data", None, T0 + 5000)])
+    events = await viewer.ok("store.subscribe", query="alert-events", params={"n": 1})
+    assert [(e["from"], e["to"], e["value"], e["at"]) for e in events["data"]] == [
+        ("firing", "no-data", None, T0 + 5000)
+    ]
