@@ -8,7 +8,7 @@ from metrics.models import Alert
 from metrics.schema import json_number
 
 from .evaluation import newest_value, state_of
-from .models import AlertTransition
+from .models import AlertStatus, AlertTransition
 
 
 def _number(value: float | None) -> int | float | None:
@@ -41,6 +41,11 @@ def alert_status() -> list[dict[str, Any]]:
             }
         )
     return result
+
+
+def watched_names() -> set[str]:
+    """The metric names some alert watches (through the index on the states' metric)."""
+    return set(AlertStatus.objects.values_list("metric", flat=True).distinct())
 
 
 def transition_body(transition: AlertTransition) -> dict[str, Any]:

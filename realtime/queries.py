@@ -245,19 +245,27 @@ def metric_series(store: QueryStore, params: dict[str, Any]) -> Any:
 @define_query("alert-status")
 def alert_status(store: QueryStore, params: dict[str, Any]) -> Any:
     """Each alert's state and its metric's newest value, in the alerts
-    bucket's order (docs/alerts.md). States change only with the alerts
-    and the readings, in the transactions that write them."""
-    # Read through alerting.selectors; named here so changes to either
-    # bucket re-evaluate it.
-    store.bucket("alerts")
-    store.bucket("metrics")
-    return alerting.selectors.alert_status()
+    bucket's order (docs/alerts.md). States change only with the alerts and
+    with readings of the names they watch, in the transactions that write
+    them."""
+    result = alerting.selectors.alert_status()
+    _depends_on_alerts(store, {entry["metric"] for entry in result})
+    return result
 
 
 @define_query("alert-events", params=("n",))
 def alert_events(store: QueryStore, params: dict[str, Any]) -> Any:
     """The newest n alert transitions, oldest first."""
     n = param_positive_int(params, "n")
+    _depends_on_alerts(store, alerting.selectors.watched_names())
+    return alerting.selectors.alert_events(n=n)
+
+
+def _depends_on_alerts(store: QueryStore, watched: set[str]) -> None:
+    # Read through alerting.selectors: any change of the alerts, and changes
+    # of the readings of the watched names only (a change that names no
+    # name, a clear or a prune, reaches every query that reads metrics).
     store.bucket("alerts")
     store.bucket("metrics")
-    return alerting.selectors.alert_events(n=n)
+    for name in watched:
+        store.read_name("metrics", name)

@@ -11,6 +11,8 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.core.management import call_command
 
+from realtime.frames import encode
+from realtime.hub import get_hub
 from tests.conftest import CLOCK_START
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -224,3 +226,20 @@ async def test_a_metric_pruned_away_pushes_no_data(admin, viewer, clock):
     assert [(e["from"], e["to"], e["value"], e["at"]) for e in events["data"]] == [
         ("firing", "no-data", None, T0 + 5000)
     ]
+
+
+async def test_alert_queries_are_evaluated_only_for_watched_names(admin, viewer):
+    await add_alert(admin)
+    status = await viewer.ok("store.subscribe", query="alert-status")
+    count = await viewer.ok("store.subscribe", query="metric-count")  # a witness that changes are applied
+    await viewer.ok("store.subscribe", query="alert-events", params={"n": 5})
+    hub = get_hub()
+    lives = [hub.queries.live[("alert-status", encode({}))], hub.queries.live[("alert-events", encode({"n": 5}))]]
+    assert [live.names for live in lives] == [{"metrics": frozenset({"cpu"})}] * 2
+    before = [live.evaluations for live in lives]
+    await insert(admin, 5, name="unwatched")
+    assert (await viewer.push_for(count["subscriptionId"]))["data"] == 1
+    assert [live.evaluations for live in lives] == before
+    await insert(admin, 99)
+    assert (await viewer.push_for(status["subscriptionId"]))["data"][0]["state"] == "firing"
+    assert [live.evaluations for live in lives] == [n + 1 for n in before]
