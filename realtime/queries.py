@@ -266,6 +266,8 @@ def _depends_on_alerts(store: QueryStore, watched: set[str]) -> None:
     # of the readings of the watched names only (a change that names no
     # name, a clear or a prune, reaches every query that reads metrics).
     store.bucket("alerts")
+    if not watched:
+        return  # no alert watches anything: no reading can change the result
     store.bucket("metrics")
     for name in watched:
         store.read_name("metrics", name)

@@ -243,3 +243,22 @@ async def test_alert_queries_are_evaluated_only_for_watched_names(admin, viewer)
     await insert(admin, 99)
     assert (await viewer.push_for(status["subscriptionId"]))["data"][0]["state"] == "firing"
     assert [live.evaluations for live in lives] == [n + 1 for n in before]
+
+
+async def test_without_alerts_no_reading_evaluates_the_alert_queries(admin, viewer):
+    status = await viewer.ok("store.subscribe", query="alert-status")
+    count = await viewer.ok("store.subscribe", query="metric-count")
+    await viewer.ok("store.subscribe", query="alert-events", params={"n": 5})
+    assert status["data"] == []
+    hub = get_hub()
+    lives = [hub.queries.live[("alert-status", encode({}))], hub.queries.live[("alert-events", encode({"n": 5}))]]
+    assert [live.buckets for live in lives] == [{"alerts"}] * 2
+    before = [live.evaluations for live in lives]
+    await insert(admin, 5)
+    assert (await viewer.push_for(count["subscriptionId"]))["data"] == 1
+    assert [live.evaluations for live in lives] == before
+    # The first alert makes them read its metric's readings.
+    await add_alert(admin)
+    pushed = (await viewer.push_for(status["subscriptionId"]))["data"]
+    assert [(entry["metric"], entry["state"]) for entry in pushed] == [("cpu", "ok")]
+    assert [live.names for live in lives] == [{"metrics": frozenset({"cpu"})}] * 2
