@@ -16,7 +16,7 @@ from realtime.frames import UNSTORABLE_MESSAGE
 
 from .errors import HttpError
 from .naming import series_name
-from .readings import Reading, check_count
+from .readings import Batch, Reading
 
 # Nanoseconds per unit of each `precision`, as InfluxDB's write API names them.
 NANOS_PER_UNIT = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
@@ -44,7 +44,7 @@ def parse(body: bytes, precision: str) -> list[Reading]:
     """Every reading of the body, or HttpError naming the first bad line
     (1-based, with its text). Lines without a timestamp get the server's time."""
     now_ms = int(time.time() * 1000)
-    readings: list[Reading] = []
+    batch = Batch()
     for number, raw in enumerate(body.split(b"\n"), start=1):
         raw = raw.rstrip(b"\r")
         if not raw.strip():
@@ -70,6 +70,5 @@ def parse(body: bytes, precision: str) -> list[Reading]:
             if isinstance(value, (bool, str)):
                 continue
             data = {"name": series_name(f"{point['measurement']}.{field}", tags), "value": value, "timestamp": stamp}
-            readings.append(Reading(data, f"Line {number}", where))
-        check_count(len(readings))
-    return readings
+            batch.add(Reading(data, f"Line {number}", where))
+    return batch.readings

@@ -7,6 +7,10 @@ histograms (explicit and exponential) give `<name>.count`, `.sum`, `.min`,
 (except the exporter's own `telemetry.sdk.*` and the per-process
 `service.instance.id`) and data point attributes
 become labels of the name (ingest.naming; a data point's attribute wins).
+
+Every data point counts toward the readings limit, even one that gives no
+reading, and an OTLP/JSON body's points are counted before the JSON is
+decoded into messages: a body of tiny points is refused early.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import base64
 import json
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from google.protobuf import json_format
@@ -28,7 +32,7 @@ from metrics.errors import VALIDATION_ERROR
 
 from .errors import HttpError
 from .naming import series_name
-from .readings import Reading, check_count
+from .readings import Batch, Reading, check_count
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
@@ -54,6 +58,7 @@ def decode(body: bytes, content_type: str) -> ExportMetricsServiceRequest:
         raise HttpError(400, VALIDATION_ERROR, "Invalid OTLP JSON body: not JSON") from None
     if not isinstance(document, dict):
         raise HttpError(400, VALIDATION_ERROR, "Invalid OTLP JSON body: expected an object")
+    check_count(json_point_count(document))
     _drop_exemplars(document)
     try:
         json_format.ParseDict(document, request, ignore_unknown_fields=True)
@@ -110,37 +115,79 @@ def _ms(time_unix_nano: int, now_ms: int) -> int:
 
 Values = list[tuple[str, str, float]]
 
+# The `data` oneof's member name -> its data points (an explicit map: the
+# name comes from the client's message, so no getattr on it).
+POINTS: dict[str, Callable[[Metric], Sequence[Any]]] = {
+    "gauge": lambda metric: metric.gauge.data_points,
+    "sum": lambda metric: metric.sum.data_points,
+    "histogram": lambda metric: metric.histogram.data_points,
+    "exponential_histogram": lambda metric: metric.exponential_histogram.data_points,
+    "summary": lambda metric: metric.summary.data_points,
+}
+# The same members and their points as OTLP/JSON may spell them (the
+# protobuf JSON mapping accepts the lowerCamelCase and the field's own name).
+JSON_KINDS = ("gauge", "sum", "histogram", "exponentialHistogram", "exponential_histogram", "summary")
 
-def _values(metric: Metric) -> Iterator[tuple[int, Any, Values]]:
-    """Each data point (its index, itself) with its (name suffix, unit, value)
-    readings; points flagged as having no recorded value are left out."""
+
+def _points(metric: Metric) -> tuple[str | None, Sequence[Any]]:
     kind = metric.WhichOneof("data")
-    if kind is None:
-        return
-    for index, point in enumerate(getattr(metric, kind).data_points):
-        if point.flags & NO_VALUE:
-            continue
-        values: Values = []
-        if kind in {"gauge", "sum"}:
-            which = point.WhichOneof("value")
-            if which is not None:
-                values.append(("", metric.unit, point.as_double if which == "as_double" else point.as_int))
-        elif kind == "summary":
-            values = [(".count", "", float(point.count)), (".sum", metric.unit, point.sum)]
-        else:  # histogram, exponential_histogram
-            values.append((".count", "", float(point.count)))
-            values += [
-                (f".{part}", metric.unit, getattr(point, part))
-                for part in ("sum", "min", "max")
-                if point.HasField(part)
-            ]
-        yield index, point, values
+    points = POINTS.get(kind) if kind is not None else None
+    return kind, points(metric) if points is not None else ()
+
+
+def _values(kind: str | None, metric: Metric, point: Any) -> Values:
+    """A data point's (name suffix, unit, value) readings."""
+    if kind in {"gauge", "sum"}:
+        which = point.WhichOneof("value")
+        if which is None:
+            return []
+        return [("", metric.unit, point.as_double if which == "as_double" else point.as_int)]
+    if kind == "summary":
+        return [(".count", "", float(point.count)), (".sum", metric.unit, point.sum)]
+    # histogram, exponential_histogram
+    values: Values = [(".count", "", float(point.count))]
+    if point.HasField("sum"):
+        values.append((".sum", metric.unit, point.sum))
+    if point.HasField("min"):
+        values.append((".min", metric.unit, point.min))
+    if point.HasField("max"):
+        values.append((".max", metric.unit, point.max))
+    return values
+
+
+def json_point_count(document: dict[str, Any]) -> int:
+    """How many data points an OTLP/JSON document holds, counted before the
+    (slow, pure-Python) protobuf JSON parser builds one message per point."""
+    count = 0
+    for resource_metrics in _items(document, "resourceMetrics", "resource_metrics"):
+        for scope_metrics in _items(resource_metrics, "scopeMetrics", "scope_metrics"):
+            for metric in _items(scope_metrics, "metrics"):
+                for kind in JSON_KINDS:
+                    data = metric.get(kind)
+                    if isinstance(data, dict):
+                        count += sum(len(_items(data, key)) for key in ("dataPoints", "data_points"))
+    return count
+
+
+def _items(parent: Any, *keys: str) -> list[Any]:
+    # The dicts under any of `keys`; the parser reports a malformed shape.
+    found: list[Any] = []
+    if isinstance(parent, dict):
+        for key in keys:
+            value = parent.get(key)
+            if isinstance(value, list):
+                found += [item for item in value if isinstance(item, dict)]
+    return found
 
 
 def readings(request: ExportMetricsServiceRequest) -> list[Reading]:
-    """Every reading of the request; a metric without a name is a 400 naming it."""
+    """Every reading of the request; a metric without a name is a 400 naming
+    it. Every data point counts toward the limit, even one that gives no
+    reading (no recorded value), so a metric of too many points is refused
+    before any of them is looked at."""
     now_ms = int(time.time() * 1000)
-    found: list[Reading] = []
+    batch = Batch()
+    points_seen = 0
     for r, resource_metrics in enumerate(request.resource_metrics):
         resource = {
             key: value
@@ -152,7 +199,15 @@ def readings(request: ExportMetricsServiceRequest) -> list[Reading]:
                 field = f"resourceMetrics[{r}].scopeMetrics[{s}].metrics[{m}]"
                 if not metric.name:
                     raise HttpError(400, VALIDATION_ERROR, f'{field}: missing "name"', {"field": f"{field}.name"})
-                for p, point, values in _values(metric):
+                kind, points = _points(metric)
+                points_seen += len(points)
+                check_count(points_seen)
+                for p, point in enumerate(points):
+                    if point.flags & NO_VALUE:
+                        continue
+                    values = _values(kind, metric, point)
+                    if not values:
+                        continue
                     labels = {**resource, **_labels(point.attributes)}
                     where = f'{field}.dataPoints[{p}] ("{metric.name}")'
                     for suffix, unit, value in values:
@@ -162,6 +217,5 @@ def readings(request: ExportMetricsServiceRequest) -> list[Reading]:
                             "unit": unit,
                             "timestamp": _ms(point.time_unix_nano, now_ms),
                         }
-                        found.append(Reading(data, where, {"field": f"{field}.dataPoints[{p}]"}))
-                check_count(len(found))
-    return found
+                        batch.add(Reading(data, where, {"field": f"{field}.dataPoints[{p}]"}))
+    return batch.readings

@@ -46,11 +46,31 @@ def located(reading: Reading, code: str, message: str, details: Any = None, stat
     return HttpError(status, code, message, details)
 
 
+def too_many(limit: int) -> HttpError:
+    # 413, as InfluxDB answers a batch too large: Telegraf then splits it.
+    return HttpError(413, VALIDATION_ERROR, f"Too many readings: at most {limit} per request")
+
+
 def check_count(count: int) -> None:
     limit = max_readings()
     if count > limit:
-        # 413, as InfluxDB answers a batch too large: Telegraf then splits it.
-        raise HttpError(413, VALIDATION_ERROR, f"Too many readings: at most {limit} per request")
+        raise too_many(limit)
+
+
+class Batch:
+    """A request's readings as its body is parsed. The one past the limit is
+    refused as it is added, not once a metric or a line is complete: a body
+    of tiny readings (empty histogram points, a line of 100,000 fields) then
+    costs at most the limit's worth of readings before its 413."""
+
+    def __init__(self) -> None:
+        self.limit = max_readings()
+        self.readings: list[Reading] = []
+
+    def add(self, reading: Reading) -> None:
+        if len(self.readings) >= self.limit:
+            raise too_many(self.limit)
+        self.readings.append(reading)
 
 
 def store(readings: list[Reading]) -> list[Record]:

@@ -4,6 +4,7 @@ every error path."""
 from __future__ import annotations
 
 import time
+from unittest import mock
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -11,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from influxdb_client import Point, WritePrecision
 
+from ingest import line_protocol
 from ingest.line_protocol import parse, to_ms
 from ingest.naming import series_name
 from tests.ingest.conftest import json_body
@@ -240,3 +242,18 @@ def test_what_the_official_client_writes_reads_back(measurement, tags, field, va
     assert readings(point.to_line_protocol()) == [
         (series_name(f"{measurement}.{field}", tags), value, 1_700_000_000_123)
     ]
+
+
+@with_db
+def test_a_line_of_many_fields_is_refused_at_the_reading_past_the_limit(http, monkeypatch):
+    # One 600 KB line of 60,000 fields: the 413 comes at reading 1,001, not
+    # once the whole line's readings are built.
+    body = "m,host=a " + ",".join(f"f{i}=1" for i in range(60_000))
+    assert 500_000 < len(body) < 1_048_576
+    names = mock.Mock(wraps=line_protocol.series_name)
+    monkeypatch.setattr(line_protocol, "series_name", names)
+    response = http.post(URL, body, content_type="text/plain")
+    assert response.status_code == 413
+    assert json_body(response) == {"code": "VALIDATION_ERROR", "message": "Too many readings: at most 1000 per request"}
+    assert names.call_count == 1001
+    assert stored() == []

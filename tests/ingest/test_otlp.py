@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import time
 from typing import Any
+from unittest import mock
 
 import pytest
 from asgiref.sync import sync_to_async
+from google.protobuf import json_format
 from google.rpc import code_pb2, status_pb2
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
@@ -18,6 +20,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyVa
 from opentelemetry.proto.metrics.v1 import metrics_pb2 as pb
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
+from ingest import otlp
 from tests.ingest.conftest import json_body
 from tests.ingest.helpers import stored
 
@@ -311,3 +314,85 @@ async def test_an_export_is_one_push_to_a_subscribed_viewer(connect, http):
         (name, 1, value, unit) for name, value, unit, _ in EVERY_KIND_STORED
     )
     assert await viewer.nothing()
+
+
+# --- the readings limit, counted while parsing (a few hundred KB of tiny data points) ---------
+
+
+TOO_MANY = "Too many readings: at most 1000 per request"
+
+
+def names_built(monkeypatch) -> mock.Mock:
+    """Counts the reading names built, the first step of building a reading."""
+    counter = mock.Mock(wraps=otlp.series_name)
+    monkeypatch.setattr(otlp, "series_name", counter)
+    return counter
+
+
+def test_a_metric_of_more_points_than_the_limit_is_refused_before_any_is_read(http, monkeypatch):
+    # 200,000 empty histogram points (each one reading, `.count`) in 400 KB.
+    request = export(pb.Metric(name="h", histogram=pb.Histogram(data_points=[pb.HistogramDataPoint()] * 200_000)))
+    body = request.SerializeToString()
+    assert 300_000 < len(body) < 1_048_576
+    names = names_built(monkeypatch)
+    response = http.post(URL, body, content_type=PROTOBUF)
+    assert response.status_code == 413
+    assert status(response) == (code_pb2.RESOURCE_EXHAUSTED, f"VALIDATION_ERROR: {TOO_MANY}")
+    assert names.call_count == 0
+    assert stored() == []
+
+
+def test_points_without_a_value_count_too(http):
+    # Gauge points with no value give no reading, but each costs a message.
+    request = export(pb.Metric(name="g", gauge=pb.Gauge(data_points=[pb.NumberDataPoint()] * 150_000)))
+    response = http.post(URL, request.SerializeToString(), content_type=PROTOBUF)
+    assert response.status_code == 413
+    assert status(response) == (code_pb2.RESOURCE_EXHAUSTED, f"VALIDATION_ERROR: {TOO_MANY}")
+    assert stored() == []
+
+
+def test_the_reading_past_the_limit_stops_the_parse(http, monkeypatch):
+    # 300 points (under the limit), four readings each: refused at reading 1,001.
+    point = pb.HistogramDataPoint(count=1, sum=1.0, min=1.0, max=1.0)
+    request = export(pb.Metric(name="h", histogram=pb.Histogram(data_points=[point] * 300)))
+    names = names_built(monkeypatch)
+    response = http.post(URL, request.SerializeToString(), content_type=PROTOBUF)
+    assert response.status_code == 413
+    assert status(response) == (code_pb2.RESOURCE_EXHAUSTED, f"VALIDATION_ERROR: {TOO_MANY}")
+    assert names.call_count == 1001
+    assert stored() == []
+
+
+def gauge_json(key: str, points: list[dict]) -> bytes:
+    metric = {"name": "x", "gauge": {key: points}}
+    return json.dumps({"resourceMetrics": [{"scopeMetrics": [{"metrics": [metric]}]}]}).encode()
+
+
+@pytest.mark.parametrize(("key", "point"), [("dataPoints", {}), ("data_points", {"asInt": "1"})])
+def test_json_points_are_counted_before_the_json_parser_builds_them(http, monkeypatch, key, point):
+    body = gauge_json(key, [point] * 60_000)
+    assert 100_000 < len(body) < 1_048_576
+    parser = mock.Mock(wraps=json_format.ParseDict)
+    monkeypatch.setattr(json_format, "ParseDict", parser)
+    response = http.post(URL, body, content_type="application/json")
+    assert response.status_code == 413
+    assert json_body(response) == {"code": "VALIDATION_ERROR", "message": TOO_MANY}
+    assert parser.call_count == 0
+    assert stored() == []
+
+
+def test_json_points_up_to_the_limit_are_accepted(http, limits):
+    limits(MAX_TRANSACTION_OPERATIONS=5)
+    response = http.post(URL, gauge_json("dataPoints", [{"asInt": "2"}] * 5), content_type="application/json")
+    assert (response.status_code, response.content) == (200, b"{}")
+    assert [(name, value) for name, value, _, _ in stored()] == [("x", 2)] * 5
+    response = http.post(URL, gauge_json("dataPoints", [{}] * 6), content_type="application/json")
+    assert response.status_code == 413
+    assert json_body(response) == {"code": "VALIDATION_ERROR", "message": "Too many readings: at most 5 per request"}
+
+
+def test_every_kind_of_metric_has_an_explicit_accessor():
+    # No getattr on the oneof's name (it comes from the client's message):
+    # the map names every member the official messages define.
+    members = {field.name for field in pb.Metric.DESCRIPTOR.oneofs_by_name["data"].fields}
+    assert set(otlp.POINTS) == members
