@@ -118,17 +118,20 @@ def all_readings_changed() -> None:
     readings_changed(AlertStatus.objects.values_list("metric", flat=True).distinct().order_by("metric"))
 
 
-def alert_saved(alert: Alert) -> None:
-    """A new or edited alert: evaluated at once. Creating one records no
-    transition (it starts in its computed state, `since` null); an edit that
-    changes the state records one, with the alert as edited."""
+def alert_saved(alert: Alert, created: bool) -> None:
+    """A new or edited alert: evaluated at once. A new alert counts as
+    `no-data` before it existed, so creating one whose metric has a reading
+    records `no-data -> ok` or `no-data -> firing` at its creation time (the
+    page and the webhook learn when a firing alert started); one whose
+    metric has no reading records nothing and keeps `since` null. An edit
+    that changes the state records a transition with the alert as edited."""
     # A shell's autocommit save too: the status row is locked and written
     # in one transaction.
     with transaction.atomic(savepoint=False):
-        _evaluate_alert(alert)
+        _evaluate_alert(alert, created)
 
 
-def _evaluate_alert(alert: Alert) -> None:
+def _evaluate_alert(alert: Alert, created: bool) -> None:
     if connection.vendor == "postgresql":
         # A transaction writing a reading of this metric holds its per-name
         # figures' row (metrics.derived) until it commits; waiting for it
@@ -140,14 +143,21 @@ def _evaluate_alert(alert: Alert) -> None:
     value = newest_value(alert.metric)
     after = state_of(value, alert.threshold)
     copies = {"alert_key": alert.key, "metric": alert.metric, "threshold": alert.threshold, "severity": alert.severity}
+    snapshot = Snapshot(alert.key, alert.metric, alert.threshold, alert.severity)
     status = AlertStatus.objects.select_for_update().filter(alert_id=alert.seq).first()
     if status is None:
-        AlertStatus.objects.create(alert_id=alert.seq, state=after, since=None, value=value, **copies)
+        # No state stored yet: a new alert, or one written past the signals
+        # (bulk_create) and saved now. Either way it was `no-data` before.
+        since = None
+        if after != NO_DATA:
+            since = alert.created_at if created else store.now_ms()
+            _record(snapshot, NO_DATA, after, value, since)
+        AlertStatus.objects.create(alert_id=alert.seq, state=after, since=since, value=value, **copies)
         return
     fields = {**copies, "value": value}
     if after != status.state:
         now = store.now_ms()
-        _record(Snapshot(alert.key, alert.metric, alert.threshold, alert.severity), status.state, after, value, now)
+        _record(snapshot, status.state, after, value, now)
         fields.update(state=after, since=now)
     AlertStatus.objects.filter(alert_id=alert.seq).update(**fields)
 

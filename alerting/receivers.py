@@ -36,8 +36,8 @@ def _metric_deleted(sender: Any, instance: Metric, **kwargs: Any) -> None:
     evaluation.readings_changed([instance.name])
 
 
-def _alert_saved(sender: Any, instance: Alert, **kwargs: Any) -> None:
-    evaluation.alert_saved(instance)
+def _alert_saved(sender: Any, instance: Alert, created: bool = False, **kwargs: Any) -> None:
+    evaluation.alert_saved(instance, created)
 
 
 def _added_in_bulk(sender: Any, names: list[str], **kwargs: Any) -> None:

@@ -252,6 +252,9 @@ DASHBOARD = {
     "TOKEN_RECHECK": os.environ.get("DASHBOARD_TOKEN_RECHECK", "accounts.tokens.invalid_among"),
     # Largest `n` / `limit` a request may ask for.
     "MAX_RESULT_LIMIT": env_int("DASHBOARD_MAX_RESULT_LIMIT", 100_000),
+    # Largest `n` of `alert-events`: each transition is a bigger entry than
+    # a reading, and the query is pushed again on every transition.
+    "MAX_ALERT_EVENTS": env_int("DASHBOARD_MAX_ALERT_EVENTS", 1000),
     "MAX_TRANSACTION_OPERATIONS": env_int("DASHBOARD_MAX_TRANSACTION_OPERATIONS", 1000),
     # How often each process checks that its channel-layer messages arrive.
     "LAYER_PROBE_SECONDS": float(os.environ.get("DASHBOARD_LAYER_PROBE_SECONDS", "2")),

@@ -39,7 +39,8 @@ def key(body: dict[str, Any]) -> Any:
     return value
 
 
-def positive_int(body: dict[str, Any], name: str) -> int:
+def positive_int(body: dict[str, Any], name: str, limit: int | None = None) -> int:
+    """A positive integer up to `limit` (default DASHBOARD_MAX_RESULT_LIMIT)."""
     value = body.get(name)
     if (
         isinstance(value, bool)
@@ -48,7 +49,8 @@ def positive_int(body: dict[str, Any], name: str) -> int:
         or value < 1
     ):
         raise invalid_field(name, "positive integer")
-    limit = settings.DASHBOARD["MAX_RESULT_LIMIT"]
+    if limit is None:
+        limit = settings.DASHBOARD["MAX_RESULT_LIMIT"]
     if value > limit:
         raise StoreError(VALIDATION_ERROR, f'Invalid "{name}": at most {limit}')
     return int(value)

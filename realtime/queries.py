@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
+
 import alerting.selectors
 from metrics import selectors, series
 from metrics.errors import VALIDATION_ERROR, StoreError, invalid_field
@@ -255,8 +257,9 @@ def alert_status(store: QueryStore, params: dict[str, Any]) -> Any:
 
 @define_query("alert-events", params=("n",))
 def alert_events(store: QueryStore, params: dict[str, Any]) -> Any:
-    """The newest n alert transitions, oldest first."""
-    n = param_positive_int(params, "n")
+    """The newest n alert transitions, oldest first (n up to
+    DASHBOARD_MAX_ALERT_EVENTS)."""
+    n = param_positive_int(params, "n", settings.DASHBOARD["MAX_ALERT_EVENTS"])
     _depends_on_alerts(store, alerting.selectors.watched_names())
     return alerting.selectors.alert_events(n=n)
 

@@ -39,21 +39,29 @@ def moves() -> list[tuple[str, str, str, Any]]:
 def test_admin_creates_edits_and_deletes_a_firing_alert(admin_client):
     Metric.objects.create(name="cpu", value=99, timestamp=1)
     alert = add_alert(admin_client, "cpu", 50)
-    assert state(alert) == ("firing", 99) and moves() == []
+    # Created while cpu reads 99: it was no-data before it existed.
+    assert state(alert) == ("firing", 99) and moves() == [(alert.key, "no-data", "firing", 99)]
 
     data = {"metric": "cpu", "threshold": 99.5, "severity": "low", "timestamp": 1}
     response = admin_client.post(f"/admin/metrics/alert/{alert.seq}/change/", data)
     assert response.status_code == 302
     assert state(alert) == ("ok", 99)
-    assert list(AlertTransition.objects.values_list("threshold", "severity", "from_state", "to_state")) == [
-        (99.5, "low", "firing", "ok")
+    assert list(
+        AlertTransition.objects.order_by("id").values_list("threshold", "severity", "from_state", "to_state")
+    ) == [
+        (50, "high", "no-data", "firing"),
+        (99.5, "low", "firing", "ok"),
     ]
 
     admin_client.post(f"/admin/metrics/alert/{alert.seq}/change/", {**data, "threshold": 1})
     response = admin_client.post(f"/admin/metrics/alert/{alert.seq}/delete/", {"post": "yes"})
     assert response.status_code == 302
     assert not Alert.objects.exists() and not AlertStatus.objects.exists()
-    assert moves() == [(alert.key, "firing", "ok", 99), (alert.key, "ok", "firing", 99)]
+    assert moves() == [
+        (alert.key, "no-data", "firing", 99),
+        (alert.key, "firing", "ok", 99),
+        (alert.key, "ok", "firing", 99),
+    ]  # deleting records nothing
 
 
 def test_admin_deletes_of_readings_re_evaluate(admin_client):
@@ -125,7 +133,7 @@ async def test_a_viewer_sees_an_alert_the_admin_creates(connect, admin_client):
                 "threshold": 50,
                 "severity": "high",
                 "state": "firing",
-                "since": None,
+                "since": alert.created_at,  # fires from its creation
                 "value": 99,
             }
         ],

@@ -39,22 +39,32 @@ def moves() -> list[tuple[str, str, str, Any]]:
     return [(e["alert"]["id"], e["from"], e["to"], e["value"]) for e in selectors.alert_events(n=100)]
 
 
-def test_new_alert_starts_in_its_computed_state_without_a_transition():
-    reading("cpu", 99)
-    alert("cpu", 50, key="firing")
-    alert("cpu", 100, key="ok")
+def test_a_new_alert_was_no_data_before_it_existed():
+    # The example: "HIGH host.cpu above 50" created while host.cpu
+    # reads 99 fires from its creation on, and says so.
+    reading("host.cpu", 99)
+    firing = alert("host.cpu", 50, key="firing")
+    ok = alert("host.cpu", 100, key="ok")
     alert("nothing.here", 1, key="nodata")
     assert selectors.alert_status() == [
         {
             "id": "firing",
-            "metric": "cpu",
+            "metric": "host.cpu",
             "threshold": 50,
             "severity": "high",
             "state": "firing",
-            "since": None,
+            "since": firing["_createdAt"],
             "value": 99,
         },
-        {"id": "ok", "metric": "cpu", "threshold": 100, "severity": "high", "state": "ok", "since": None, "value": 99},
+        {
+            "id": "ok",
+            "metric": "host.cpu",
+            "threshold": 100,
+            "severity": "high",
+            "state": "ok",
+            "since": ok["_createdAt"],
+            "value": 99,
+        },
         {
             "id": "nodata",
             "metric": "nothing.here",
@@ -65,7 +75,52 @@ def test_new_alert_starts_in_its_computed_state_without_a_transition():
             "value": None,
         },
     ]
+    events = selectors.alert_events(n=10)
+    assert events == [
+        {
+            "id": events[0]["id"],
+            "alert": {"id": "firing", "metric": "host.cpu", "threshold": 50, "severity": "high"},
+            "from": "no-data",
+            "to": "firing",
+            "value": 99,
+            "at": firing["_createdAt"],
+        },
+        {
+            "id": events[0]["id"] + 1,
+            "alert": {"id": "ok", "metric": "host.cpu", "threshold": 100, "severity": "high"},
+            "from": "no-data",
+            "to": "ok",
+            "value": 99,
+            "at": ok["_createdAt"],
+        },
+    ]
+
+
+def test_a_new_alert_is_queued_for_the_webhook_like_any_transition(settings):
+    settings.DASHBOARD = {**settings.DASHBOARD, "ALERT_WEBHOOK_URL": "http://127.0.0.1:9/hook"}
+    reading("host.cpu", 99)
+    alert("host.cpu", 50, key="firing")
+    alert("nothing.here", 1, key="nodata")
+    [queued] = AlertTransition.objects.all()
+    assert (queued.alert_key, queued.from_state, queued.to_state, queued.pending, queued.next_attempt_at) == (
+        "firing",
+        "no-data",
+        "firing",
+        True,
+        queued.at,
+    )
+
+
+def test_an_alert_written_past_the_signals_and_saved_later_records_its_first_state():
+    reading("cpu", 80)
+    Alert.objects.bulk_create(
+        [Alert(key="raw", metric="cpu", threshold=1, severity="low", timestamp=1, created_at=1, updated_at=1)]
+    )
     assert moves() == []
+    services.record_update(bucket=ALERTS, key="raw", data={"severity": "high"})
+    [entry] = selectors.alert_status()
+    assert (entry["state"], entry["since"] > 1) == ("firing", True)  # the save's time, not the old creation's
+    assert moves() == [("raw", "no-data", "firing", 80)]
 
 
 def test_ok_to_firing_to_ok_records_each_transition_with_since_and_the_alert_snapshot():
@@ -74,7 +129,8 @@ def test_ok_to_firing_to_ok_records_each_transition_with_since_and_the_alert_sna
     reading("cpu", 51)
     [firing] = selectors.alert_status()
     assert firing["state"] == "firing" and firing["value"] == 51
-    [event] = selectors.alert_events(n=5)
+    [created, event] = selectors.alert_events(n=5)
+    assert (created["from"], created["to"], created["value"]) == ("no-data", "ok", 10)
     assert event == {
         "id": event["id"],
         "alert": {"id": "a1", "metric": "cpu", "threshold": 50.5, "severity": "medium"},
@@ -84,11 +140,11 @@ def test_ok_to_firing_to_ok_records_each_transition_with_since_and_the_alert_sna
         "at": firing["since"],
     }
     reading("cpu", 60)  # still firing: the value changes, no transition
-    assert status() == [("a1", "firing", 60)] and len(moves()) == 1
+    assert status() == [("a1", "firing", 60)] and len(moves()) == 2
     assert selectors.alert_status()[0]["since"] == firing["since"]
     reading("cpu", 50.5)  # at the threshold is ok
     assert status() == [("a1", "ok", 50.5)]
-    assert moves() == [("a1", "ok", "firing", 51), ("a1", "firing", "ok", 50.5)]
+    assert moves() == [("a1", "no-data", "ok", 10), ("a1", "ok", "firing", 51), ("a1", "firing", "ok", 50.5)]
 
 
 @pytest.mark.parametrize("value, state", [(7, "firing"), (3, "ok")])
@@ -117,6 +173,7 @@ def test_editing_a_firing_alert_re_evaluates_it_with_the_edited_fields():
     assert status() == [("a1", "no-data", None)]
     services.record_update(bucket=ALERTS, key="a1", data={"metric": "cpu", "threshold": 10})
     assert [(e["alert"], e["from"], e["to"]) for e in selectors.alert_events(n=10)] == [
+        ({"id": "a1", "metric": "cpu", "threshold": 50, "severity": "high"}, "no-data", "firing"),
         ({"id": "a1", "metric": "cpu", "threshold": 90, "severity": "low"}, "firing", "ok"),
         ({"id": "a1", "metric": "gone", "threshold": 90, "severity": "low"}, "ok", "no-data"),
         ({"id": "a1", "metric": "cpu", "threshold": 10, "severity": "low"}, "no-data", "firing"),
@@ -198,7 +255,7 @@ def test_a_failed_transaction_leaves_no_state_and_no_transition():
                 services.Operation("update", ALERTS, {"key": "missing", "data": {"threshold": 1}}),
             ]
         )
-    assert status() == [("a1", "ok", 10)] and moves() == []
+    assert status() == [("a1", "ok", 10)] and moves() == [("a1", "no-data", "ok", 10)]
 
 
 def test_a_reading_of_a_name_without_alerts_costs_one_alerting_query():
@@ -238,9 +295,10 @@ def test_a_batch_is_evaluated_once_per_name_at_its_end():
     alert("cpu", 50)
     # Above and back below inside one transaction: nobody ever saw it fire.
     services.transaction_run(operations=[insert_op("cpu", 90), insert_op("cpu", 20)])
-    assert status() == [("a1", "ok", 20)] and moves() == []
+    created = ("a1", "no-data", "ok", 10)
+    assert status() == [("a1", "ok", 20)] and moves() == [created]
     services.transaction_run(operations=[insert_op("cpu", 20), insert_op("cpu", 95), insert_op("mem", 1)])
-    assert status() == [("a1", "firing", 95)] and moves() == [("a1", "ok", "firing", 95)]
+    assert status() == [("a1", "firing", 95)] and moves() == [created, ("a1", "ok", "firing", 95)]
     # Pipelined inserts share a transaction too.
     outcomes = services.record_insert_each(
         items=[(METRICS, {"name": "cpu", "value": v, "timestamp": 1}) for v in (60, 5)]
@@ -259,7 +317,8 @@ def test_an_alert_in_a_batch_sees_the_readings_before_it():
             insert_op("cpu", 91),
         ]
     )
-    assert status() == [("a1", "firing", 91)] and moves() == []
+    # Created after the first reading (no-data -> firing at 90), then 91.
+    assert status() == [("a1", "firing", 91)] and moves() == [("a1", "no-data", "firing", 90)]
 
 
 def test_a_batch_costs_one_alerting_query_per_name():

@@ -2,7 +2,7 @@
 write path (services, transactions that fail, a shell, bulk deletes, clears,
 prunes), every alert's stored state equals one computed afresh from its
 metric's newest reading, and its transitions form one unbroken chain that
-ends in that state. Runs on SQLite and, in the suite's second pass, on
+starts at no-data (before the alert existed) and ends in that state. Runs on SQLite and, in the suite's second pass, on
 PostgreSQL."""
 
 from __future__ import annotations
@@ -92,9 +92,11 @@ def assert_states_right() -> None:
         )
         chain = chains.get(alert.key)
         if chain:
+            # A new alert was no-data before it existed.
+            assert chain[0].from_state == "no-data", chain[0]
             assert (chain[-1].to_state, chain[-1].at) == (status.state, status.since), alert
         else:
-            assert status.since is None, alert
+            assert (status.state, status.since) == ("no-data", None), alert
 
 
 @pytest.mark.django_db(transaction=True)

@@ -109,13 +109,15 @@ async def test_editing_then_deleting_a_firing_alert(admin, viewer, clock):
     status = await viewer.ok("store.subscribe", query="alert-status")
     events = await viewer.ok("store.subscribe", query="alert-events", params={"n": 10})
     s, e = status["subscriptionId"], events["subscriptionId"]
-    assert status["data"] == [entry("firing", 80, None)] and events["data"] == []
+    [created] = events["data"]
+    assert status["data"] == [entry("firing", 80, T0)] and created == event(created["id"], "no-data", "firing", 80, T0)
 
     clock.now = T0 + 1000
     await admin.ok("store.update", bucket="alerts", key="a1", data={"threshold": 90.5, "severity": "low"})
     assert await viewer.push_for(s) == push(s, [entry("ok", 80, T0 + 1000, threshold=90.5, severity="low")])
-    [moved] = (await viewer.push_for(e))["data"]
-    assert moved == event(moved["id"], "firing", "ok", 80, T0 + 1000, threshold=90.5, severity="low")
+    [first, moved] = (await viewer.push_for(e))["data"]
+    assert first == created
+    assert moved == event(created["id"] + 1, "firing", "ok", 80, T0 + 1000, threshold=90.5, severity="low")
 
     await admin.ok("store.update", bucket="alerts", key="a1", data={"threshold": 10})
     assert await viewer.push_for(s) == push(s, [entry("firing", 80, T0 + 1000, threshold=10, severity="low")])
@@ -123,6 +125,30 @@ async def test_editing_then_deleting_a_firing_alert(admin, viewer, clock):
     await admin.ok("store.delete", bucket="alerts", key="a1")
     assert await viewer.push_for(s) == push(s, [])
     assert await viewer.nothing()  # the history stays as it was
+
+
+async def test_an_alert_created_above_its_threshold_fires_from_its_creation(admin, viewer, clock):
+    # The example: an alert created while its metric reads 99.
+    await insert(admin, 99)
+    status = await viewer.ok("store.subscribe", query="alert-status")
+    events = await viewer.ok("store.subscribe", query="alert-events", params={"n": 5})
+    s, e = status["subscriptionId"], events["subscriptionId"]
+    assert status["data"] == [] and events["data"] == []
+    clock.now = T0 + 1000
+    created = await add_alert(admin)
+    assert created["_createdAt"] == T0 + 1000
+    assert await viewer.push_for(s) == push(s, [entry("firing", 99, T0 + 1000)])
+    [moved] = (await viewer.push_for(e))["data"]
+    assert moved == event(moved["id"], "no-data", "firing", 99, T0 + 1000)
+    # One whose metric never reported stays no-data, since null, and records nothing.
+    await admin.ok("store.insert", bucket="alerts", data={"id": "a2", "metric": "gone", "threshold": 1, "timestamp": 1})
+    quiet = {**entry("no-data", None, None, key="a2", threshold=1, severity="low"), "metric": "gone"}
+    assert await viewer.push_for(s) == push(s, [entry("firing", 99, T0 + 1000), quiet])
+    # Deleting a firing alert records nothing either: it leaves alert-status.
+    await admin.ok("store.delete", bucket="alerts", key="a1")
+    assert await viewer.push_for(s) == push(s, [quiet])
+    assert await viewer.nothing()
+    assert (await viewer.ok("store.subscribe", query="alert-events", params={"n": 5}))["data"] == [moved]
 
 
 async def test_metric_deleted_and_cleared_away(admin, viewer, clock):
@@ -197,6 +223,30 @@ async def test_alert_events_params_are_validated(viewer, params, message, detail
         expected["details"] = details
     assert reply == expected
     assert (await viewer.ok("store.subscribe", query="alert-events", params={"n": 1}))["data"] == []
+
+
+async def too_many_events(viewer, n: int) -> dict:
+    reply = await viewer.request("store.subscribe", query="alert-events", params={"n": n})
+    # The whole frame but its id, which request() checks answers the request's.
+    return {k: v for k, v in reply.items() if k != "id"}
+
+
+async def test_alert_events_n_is_bounded_by_its_own_setting(admin, viewer, limits):
+    # Default 1000, well under DASHBOARD_MAX_RESULT_LIMIT (100,000).
+    error = {"type": "error", "code": "VALIDATION_ERROR"}
+    assert await too_many_events(viewer, 1001) == {**error, "message": 'Invalid "n": at most 1000'}
+    assert (await viewer.ok("store.subscribe", query="alert-events", params={"n": 1000}))["data"] == []
+    limits(MAX_ALERT_EVENTS=2)
+    assert await too_many_events(viewer, 3) == {**error, "message": 'Invalid "n": at most 2'}
+    # The connection stays usable, and n at the bound works.
+    await add_alert(admin)
+    await insert(admin, 99)
+    await insert(admin, 1)
+    await insert(admin, 99)
+    events = await viewer.ok("store.subscribe", query="alert-events", params={"n": 2})
+    assert [(x["from"], x["to"]) for x in events["data"]] == [("firing", "ok"), ("ok", "firing")]
+    # Other queries keep DASHBOARD_MAX_RESULT_LIMIT.
+    assert (await viewer.ok("store.subscribe", query="latest-metrics", params={"n": 1001}))["data"][-1]["value"] == 99
 
 
 async def test_alert_status_takes_no_params(viewer):

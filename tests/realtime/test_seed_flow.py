@@ -188,12 +188,16 @@ async def test_readme_alert_flow(connect):
         data={"metric": "cpu", "threshold": 90, "severity": "high", "timestamp": 1706745600000},
     )
     entry = {"id": alert["id"], "metric": "cpu", "threshold": 90, "severity": "high"}
+    created = alert["_createdAt"]  # a new alert was no-data before: ok since its creation
     status = await viewer.ok("store.subscribe", query="alert-status")
     sub_status = status["subscriptionId"]
-    assert status == {"subscriptionId": sub_status, "data": [{**entry, "state": "ok", "since": None, "value": 72.5}]}
+    assert status == {"subscriptionId": sub_status, "data": [{**entry, "state": "ok", "since": created, "value": 72.5}]}
     events = await viewer.ok("store.subscribe", query="alert-events", params={"n": 5})
     sub_events = events["subscriptionId"]
-    assert events == {"subscriptionId": sub_events, "data": []}
+    [first] = events["data"]
+    assert isinstance(first["id"], int)
+    became_ok = {"id": first["id"], "alert": entry, "from": "no-data", "to": "ok", "value": 72.5, "at": created}
+    assert events == {"subscriptionId": sub_events, "data": [became_ok]}
 
     before = int(time.time() * 1000)
     await admin.ok("store.insert", bucket="metrics", data=metric("cpu", 97, "%", 1706745610000))
@@ -203,8 +207,13 @@ async def test_readme_alert_flow(connect):
     assert before <= firing["since"] <= after
     assert pushed == push(sub_status, [{**entry, "state": "firing", "since": firing["since"], "value": 97}])
     pushed = await viewer.push_for(sub_events)
-    [event] = pushed["data"]
-    assert isinstance(event["id"], int)
-    transition = {"id": event["id"], "alert": entry, "from": "ok", "to": "firing", "value": 97, "at": firing["since"]}
-    assert pushed == push(sub_events, [transition])
+    transition = {
+        "id": first["id"] + 1,
+        "alert": entry,
+        "from": "ok",
+        "to": "firing",
+        "value": 97,
+        "at": firing["since"],
+    }
+    assert pushed == push(sub_events, [became_ok, transition])
     assert await viewer.nothing()
