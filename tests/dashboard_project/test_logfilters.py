@@ -50,4 +50,4 @@ def test_the_count_keeps_the_records_own_arguments_intact():
 
 def test_settings_put_the_filter_on_the_console_handler():
     filters = [f for handler in logging.getLogger().handlers for f in handler.filters]
-    assert [f.loggers for f in filters if isinstance(f, RepeatFilter)] == [("channels_redis",)]
+    assert [f.loggers for f in filters if isinstance(f, RepeatFilter)] == [("channels_redis", "ingest.views")]
