@@ -5,11 +5,15 @@ A viewer subscribed to alert-status sees an alert the admin creates."""
 
 from __future__ import annotations
 
+import html
+import re
 from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 
 from alerting.models import AlertStatus, AlertTransition
 from metrics.admin_display import ms_text
@@ -138,3 +142,56 @@ async def test_a_viewer_sees_an_alert_the_admin_creates(connect, admin_client):
             }
         ],
     }
+
+
+def alert_rows(client: Client, query: str = "") -> list[dict[str, str]]:
+    """The alert list as rendered: per row, the text of each column."""
+    response = client.get(f"/admin/metrics/alert/{query}")
+    assert response.status_code == 200
+    rows = re.findall(r"<tr>(.*?)</tr>", response.content.decode(), re.S)
+    cells = [dict(re.findall(r'<t[hd] class="field-([a-z_]+)[^"]*"[^>]*>(.*?)</t[hd]>', row, re.S)) for row in rows]
+    return [{name: html.unescape(re.sub(r"<[^>]+>", "", text)) for name, text in row.items()} for row in cells if row]
+
+
+def test_the_alert_list_shows_each_state_and_since_when(admin_client):
+    Metric.objects.create(name="cpu", value=99, timestamp=1)
+    firing = add_alert(admin_client, "cpu", 50)
+    quiet = add_alert(admin_client, "no.such.metric", 1, "low")
+    since = AlertStatus.objects.get(alert_id=firing.seq).since
+    assert since == firing.created_at
+    rows = alert_rows(admin_client)
+    columns = ["metric", "threshold", "severity", "state", "since", "time", "short_key", "version"]
+    assert [list(row) for row in rows] == [columns, columns]  # newest first
+    assert [(r["metric"], r["state"], r["since"]) for r in rows] == [
+        ("no.such.metric", "no-data", "-"),  # Django's empty value
+        ("cpu", "firing", ms_text(since)),  # a date, not ms
+    ]
+    # Sorted by state (the column's ordering is the state row's).
+    assert [r["state"] for r in alert_rows(admin_client, "?o=4")] == ["firing", "no-data"]
+    assert quiet.metric == "no.such.metric"
+
+
+def test_the_alert_list_reads_the_states_in_its_one_query(admin_client):
+    def list_queries() -> list[str]:
+        with CaptureQueriesContext(connection) as queries:
+            assert len(alert_rows(admin_client)) == Alert.objects.count()
+        return [q["sql"] for q in queries.captured_queries]
+
+    Metric.objects.create(name="cpu", value=99, timestamp=1)
+    add_alert(admin_client, "cpu", 50)
+    few = list_queries()
+    for threshold in (60, 70, 80, 90, 100, 110):
+        add_alert(admin_client, "cpu", threshold)
+    many = list_queries()
+    assert len(many) == len(few), many  # no query per row
+    assert sum("alerting_alertstatus" in sql for sql in many) == 1
+
+
+def test_the_alert_list_computes_the_state_of_an_alert_written_past_the_signals(admin_client):
+    Metric.objects.create(name="cpu", value=99, timestamp=1)
+    Alert.objects.bulk_create(
+        [Alert(key="raw", metric="cpu", threshold=1, severity="low", timestamp=1, created_at=1, updated_at=1)]
+    )
+    [row] = alert_rows(admin_client)
+    assert (row["state"], row["since"]) == ("firing", "-")
+    assert not AlertStatus.objects.exists()  # a read stores nothing
