@@ -3,8 +3,10 @@ protocol activity, the bearer token, readiness failures, quiet logs."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from unittest import mock
 
 import pytest
 from django.test import AsyncClient
@@ -19,10 +21,11 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture(autouse=True)
 def fresh_readiness_log():
-    """Readiness failures are logged when they change: start each test unlogged."""
-    probes._last_failure.clear()
+    """Readiness failures are logged when they change, verdicts are reused a
+    second: start each test unlogged and with nothing cached."""
+    probes.forget()
     yield
-    probes._last_failure.clear()
+    probes.forget()
 
 
 async def scrape(**headers: str) -> str:
@@ -168,7 +171,7 @@ async def test_readyz_ready_without_redis(settings):
     settings.REDIS_URL = ""
     response = await AsyncClient().get("/readyz")
     assert response.status_code == 200
-    assert json.loads(response.content) == {"status": "ready", "checks": {"database": "ok"}}
+    assert json.loads(response.content) == {"status": "ready", "checks": {"database": "ok", "migrations": "ok"}}
 
 
 async def test_readyz_with_redis(settings):
@@ -179,7 +182,10 @@ async def test_readyz_with_redis(settings):
         pytest.skip("no Redis on 127.0.0.1:6379")
     settings.REDIS_URL = url
     response = await AsyncClient().get("/readyz")
-    assert json.loads(response.content) == {"status": "ready", "checks": {"database": "ok", "redis": "ok"}}
+    assert json.loads(response.content) == {
+        "status": "ready",
+        "checks": {"database": "ok", "migrations": "ok", "redis": "ok"},
+    }
     assert response.status_code == 200
 
 
@@ -193,7 +199,7 @@ async def test_readyz_503_when_redis_is_unreachable(settings, caplog):
             assert response.status_code == 503
             assert json.loads(response.content) == {
                 "status": "unavailable",
-                "checks": {"database": "ok", "redis": "unreachable"},
+                "checks": {"database": "ok", "migrations": "ok", "redis": "unreachable"},
             }
     # Logged once, with the reason, not once per probe.
     lines = [r.getMessage() for r in caplog.records if r.name == "telemetry.probes"]
@@ -215,6 +221,95 @@ async def test_readyz_timeout(monkeypatch):
     response = await AsyncClient().get("/readyz")
     assert response.status_code == 503
     assert json.loads(response.content)["checks"]["database"] == "timeout"
+
+
+class Counted:
+    """Counts the calls of one of `telemetry.probes`' checks, which still runs."""
+
+    def __init__(self, monkeypatch, name: str, pause: float = 0.0) -> None:
+        self.calls = 0
+        self.real = getattr(probes, name)
+        self.pause = pause
+        monkeypatch.setattr(probes, name, self.check)
+
+    async def check(self, *args):
+        self.calls += 1
+        await asyncio.sleep(self.pause)  # a slow database: later probes arrive meanwhile
+        return await self.real(*args)
+
+
+@pytest.fixture
+def frozen_clock(monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr(probes, "clock", lambda: now[0])
+    return now
+
+
+async def test_probes_in_quick_succession_run_the_checks_once(settings, monkeypatch, frozen_clock):
+    settings.REDIS_URL = ""
+    database = Counted(monkeypatch, "check_database")
+    ready = {"status": "ready", "checks": {"database": "ok", "migrations": "ok"}}
+    for _ in range(2):
+        response = await AsyncClient().get("/readyz")
+        assert (response.status_code, json.loads(response.content)) == (200, ready)
+    assert database.calls == 1
+    frozen_clock[0] += probes.CACHE_SECONDS
+    response = await AsyncClient().get("/readyz")
+    assert (response.status_code, json.loads(response.content)) == (200, ready)
+    assert database.calls == 2
+
+
+async def test_concurrent_probes_share_one_round_of_checks(settings, monkeypatch, frozen_clock):
+    from tests.servers import free_port
+
+    settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
+    database = Counted(monkeypatch, "check_database", pause=0.2)
+    redis = Counted(monkeypatch, "check_redis")
+    responses = await asyncio.gather(*(AsyncClient().get("/readyz") for _ in range(3)))
+    failing = {"status": "unavailable", "checks": {"database": "ok", "migrations": "ok", "redis": "unreachable"}}
+    assert [(r.status_code, json.loads(r.content)) for r in responses] == [(503, failing)] * 3
+    assert (database.calls, redis.calls) == (1, 1)
+
+
+async def test_applied_migrations_are_checked_once(settings, monkeypatch, frozen_clock):
+    settings.REDIS_URL = ""
+    counted = mock.Mock(wraps=probes.migrations_applied)
+    monkeypatch.setattr(probes, "migrations_applied", counted)
+    for _ in range(3):
+        response = await AsyncClient().get("/readyz")
+        assert response.status_code == 200
+        frozen_clock[0] += probes.CACHE_SECONDS
+    assert counted.call_count == 1
+
+
+async def test_readyz_503_while_migrations_are_pending(settings, monkeypatch, frozen_clock, caplog):
+    # The real check on an unmigrated database: tests/telemetry/test_live.py.
+    settings.REDIS_URL = ""
+    pending = [True]
+    monkeypatch.setattr(probes, "migrations_applied", lambda: not pending[0])
+    with caplog.at_level(logging.WARNING, logger="telemetry.probes"):
+        for _ in range(2):
+            response = await AsyncClient().get("/readyz")
+            assert (response.status_code, json.loads(response.content)) == (
+                503,
+                {"status": "unavailable", "checks": {"database": "ok", "migrations": "pending"}},
+            )
+            frozen_clock[0] += probes.CACHE_SECONDS
+        pending[0] = False
+        response = await AsyncClient().get("/readyz")
+    assert response.status_code == 200
+    lines = [r.getMessage() for r in caplog.records if r.name == "telemetry.probes"]
+    assert lines == [
+        "readiness: migrations pending: MigrationsPending: run ./dev migrate",
+        "readiness: migrations applied",
+    ]
+
+
+async def test_migrations_are_unknown_while_the_database_does_not_answer(monkeypatch):
+    monkeypatch.setattr("telemetry.probes._database_ping", _unreachable)
+    response = await AsyncClient().get("/readyz")
+    assert response.status_code == 503
+    assert json.loads(response.content)["checks"] == {"database": "unreachable", "migrations": "unknown"}
 
 
 async def test_only_get_and_head():

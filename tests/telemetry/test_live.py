@@ -86,7 +86,10 @@ def test_probes_over_plain_http_with_the_tls_redirect_on(tmp_path, template_data
     for host in (POD_IP_HOST, "dashboard.example.com"):
         assert get(server.port, "/healthz", host)[::2] == (200, b"ok\n")
         status, headers, body = get(server.port, "/readyz", host)
-        assert (status, json.loads(body)) == (200, {"status": "ready", "checks": {"database": "ok"}})
+        assert (status, json.loads(body)) == (
+            200,
+            {"status": "ready", "checks": {"database": "ok", "migrations": "ok"}},
+        )
         assert headers["content-type"] == "application/json"
         status, headers, body = get(server.port, "/metrics", host)
         assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
@@ -116,9 +119,24 @@ def test_readyz_503_when_redis_is_unreachable(tmp_path, template_database, stop_
     status, _, body = get(server.port, "/readyz", POD_IP_HOST)
     assert (status, json.loads(body)) == (
         503,
-        {"status": "unavailable", "checks": {"database": "ok", "redis": "unreachable"}},
+        {"status": "unavailable", "checks": {"database": "ok", "migrations": "ok", "redis": "unreachable"}},
     )
     assert get(server.port, "/healthz", POD_IP_HOST)[0] == 200
+
+
+def test_readyz_503_on_an_unmigrated_database(tmp_path, stop_after):
+    # A server started (bypassing ./dev serve's own check) on an empty database.
+    env = server_env(f"sqlite:///{(tmp_path / 'empty.sqlite3').resolve()}", **PRODUCTION)
+    port = free_port()
+    server = Server("unmigrated", uvicorn_argv(port), env, tmp_path / "server.log", port, start_timeout=START_TIMEOUT)
+    stop_after(started(server))
+    status, _, body = get(port, "/readyz", POD_IP_HOST)
+    assert (status, json.loads(body)) == (
+        503,
+        {"status": "unavailable", "checks": {"database": "ok", "migrations": "pending"}},
+    )
+    server.stop()
+    assert server.log().count("readiness: migrations pending") == 1
 
 
 def test_readyz_503_when_the_database_is_unreachable(tmp_path, stop_after):
@@ -129,7 +147,10 @@ def test_readyz_503_when_the_database_is_unreachable(tmp_path, stop_after):
     stop_after(started(server))
     for _ in range(2):
         status, _, body = get(port, "/readyz", POD_IP_HOST)
-        assert (status, json.loads(body)) == (503, {"status": "unavailable", "checks": {"database": "unreachable"}})
+        assert (status, json.loads(body)) == (
+            503,
+            {"status": "unavailable", "checks": {"database": "unreachable", "migrations": "unknown"}},
+        )
     assert get(port, "/healthz", POD_IP_HOST)[0] == 200
     server.stop()
     # Said once, with the reason; never one line per probe.
