@@ -28,13 +28,14 @@ import pytest
 
 from bench.servers import Process, create_database, database_url, drop_database, free_port, postgres_connect
 from metrics.management.commands.migrate import LOCK_KEY
-from tests.servers import (
+from tests.servers import (  # noqa: F401  (template_database: a fixture)
     MACHINE_REDIS_URL,
     POSTGRES_URL,
     PROJECT_DIR,
     open_client,
     push_frame,
     redis_reachable,
+    template_database,
     unavailable,
 )
 
@@ -121,6 +122,44 @@ def test_serve_refuses_several_workers_without_redis():
     assert result.stderr.endswith(
         "WEB_CONCURRENCY=2 needs REDIS_URL: the in-memory layer cannot reach other processes\n"
     )
+
+
+def test_serve_refuses_a_database_with_pending_migrations(tmp_path):
+    # A fresh SQLite file: nothing applied. Nothing starts, nothing is applied.
+    result = dev("serve", DATABASE_URL=f"sqlite:///{(tmp_path / 'fresh.sqlite3').resolve()}")
+    assert (result.returncode, result.stdout, result.stderr) == (
+        2,
+        "",
+        "./dev serve: the database has unapplied migrations: run ./dev migrate first\n",
+    )
+
+
+# An option uvicorn refuses at once: `./dev serve` that gets as far as uvicorn
+# stops there (exit 2, uvicorn's usage), with no server left running.
+NOT_AN_OPTION = "--not-an-option"
+UVICORN_REFUSAL = "Error: No such option '--not-an-option'."
+
+
+def test_serve_starts_on_a_migrated_database(tmp_path, template_database):  # noqa: F811
+    shutil.copyfile(template_database / "db.sqlite3", tmp_path / "db.sqlite3")
+    result = dev("serve", NOT_AN_OPTION, DATABASE_URL=f"sqlite:///{(tmp_path / 'db.sqlite3').resolve()}")
+    assert result.returncode == 2
+    assert "./dev serve" not in result.stderr
+    assert result.stderr.rstrip().endswith(UVICORN_REFUSAL), result.stderr
+
+
+def test_serve_starts_when_the_migrations_cannot_be_checked():
+    # A database not up yet: the check fails, the server starts as before and
+    # /readyz answers 503 until the database is there.
+    result = dev("serve", NOT_AN_OPTION, DATABASE_URL=f"postgres://postgres@127.0.0.1:{free_port()}/nothing")
+    assert result.returncode == 2
+    first, *_ = result.stderr.splitlines()
+    assert re.fullmatch(
+        r"\./dev serve: could not check the migrations \(django\.db\.utils\.OperationalError: connection failed: "
+        r".*Connection refused\); starting anyway, /readyz tells when the database is ready",
+        first,
+    ), first
+    assert result.stderr.rstrip().endswith(UVICORN_REFUSAL), result.stderr
 
 
 # --- the two-group deploy ---------------------------------------------------------------
