@@ -16,15 +16,15 @@ blocks it. docs/alerts.md.
 from __future__ import annotations
 
 import atexit
+import http.client
 import json
 import logging
+import math
 import os
 import socket
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +40,11 @@ LEASE_ROW = 1
 # Failures are logged at most this often (with how many were not), so a
 # receiver down for hours does not flood the log.
 LOG_EVERY_SECONDS = 60.0
+# The lease outlasts a POST's deadline by at least this much, and at least
+# twice the deadline: time for the database work of the attempt around the
+# POST (renewing the lease, marking the transition) on a loaded server.
+LEASE_MARGIN_SECONDS = 5.0
+DEFAULT_TIMEOUT_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,24 @@ class Config:
     def from_settings(cls) -> Config:
         limits = settings.DASHBOARD
         timeout = float(limits["ALERT_WEBHOOK_TIMEOUT_SECONDS"])
+        if not (math.isfinite(timeout) and timeout > 0):
+            logger.warning(
+                "alert webhook: DASHBOARD_ALERT_WEBHOOK_TIMEOUT_SECONDS must be a positive number; using %g",
+                DEFAULT_TIMEOUT_SECONDS,
+            )
+            timeout = DEFAULT_TIMEOUT_SECONDS
+        lease = float(limits["ALERT_WEBHOOK_LEASE_SECONDS"])
+        least = min_lease(timeout)
+        if not lease >= least:
+            # A POST must end well within the lease, or another process could
+            # take over and send the same transition while it is under way.
+            logger.warning(
+                "alert webhook: DASHBOARD_ALERT_WEBHOOK_LEASE_SECONDS %g is too short for a %g s timeout; using %g",
+                lease,
+                timeout,
+                least,
+            )
+            lease = least
         return cls(
             url=str(limits["ALERT_WEBHOOK_URL"]),
             timeout=timeout,
@@ -63,14 +86,17 @@ class Config:
             backoff_max=float(limits["ALERT_WEBHOOK_BACKOFF_MAX_SECONDS"]),
             give_up_after=float(limits["ALERT_WEBHOOK_GIVE_UP_SECONDS"]),
             poll=float(limits["ALERT_WEBHOOK_POLL_SECONDS"]),
-            # A POST must end well within the lease, or another process could
-            # take over and send the same transition while it is under way.
-            lease=max(float(limits["ALERT_WEBHOOK_LEASE_SECONDS"]), 3 * timeout),
+            lease=lease,
         )
 
     def delay_after(self, attempts: int) -> float:
         """Seconds before the next try after `attempts` failed ones."""
         return float(min(self.backoff * 2 ** min(attempts - 1, 30), self.backoff_max))
+
+
+def min_lease(timeout: float) -> float:
+    """The shortest lease for POSTs that end `timeout` seconds after they start."""
+    return timeout + max(2 * timeout, LEASE_MARGIN_SECONDS)
 
 
 def _tables() -> tuple[str, str]:
@@ -106,32 +132,74 @@ def release_lease(holder: str) -> None:
         cursor.execute(f"UPDATE {lease} SET expires_at = 0 WHERE id = %s AND holder = %s", [LEASE_ROW, holder])
 
 
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    # urllib would follow a 301-303 with a GET and no body, and a 2xx from
-    # there would pass for delivery: a redirect is a failure instead.
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
+class Deadline:
+    """Ends one POST at its deadline, whatever the receiver does. A socket
+    timeout bounds each read alone, so a receiver that drips its answer a
+    byte at a time could hold a POST past the lease; instead a timer shuts
+    the connection's socket down at the deadline, which ends a blocked read
+    or write at once, and a connection made after it (a slow connect) is
+    never used. Name resolution is not interrupted, but nothing is sent once
+    the deadline has passed."""
 
+    def __init__(self, seconds: float) -> None:
+        self._lock = threading.Lock()
+        self._socket: socket.socket | None = None
+        self.expired = False
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
 
-_opener = urllib.request.build_opener(_NoRedirects)
+    def __enter__(self) -> Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            if self._socket is not None:
+                try:
+                    self._socket.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # already closed
+
+    def watch(self, sock: socket.socket | None) -> None:
+        """The connection is made: shut down at the deadline; refused past it."""
+        with self._lock:
+            if self.expired or sock is None:
+                raise TimeoutError("connected after the deadline")
+            self._socket = sock
 
 
 def post(url: str, body: dict[str, Any], transition_id: int, timeout: float) -> str | None:
-    """POSTs one transition; None when the receiver answered 2xx, else why not."""
-    request = urllib.request.Request(
-        url,
-        data=json.dumps(body).encode(),
-        method="POST",
-        headers={"Content-Type": "application/json", "X-Alert-Transition-Id": str(transition_id)},
-    )
-    try:
-        with _opener.open(request, timeout=timeout) as response:
-            response.read(65536)
-            status = response.status
-    except urllib.error.HTTPError as error:
-        return f"HTTP {error.code}"
-    except (OSError, ValueError) as error:  # refused, timed out, reset, bad URL
-        return f"{type(error).__name__}: {error}"
+    """POSTs one transition and ends within `timeout` seconds in all (see
+    Deadline); None when the receiver answered 2xx, else why not. A redirect
+    is not followed: it is a failure (following it with a GET, as clients do,
+    would make a 2xx elsewhere pass for delivery)."""
+    headers = {"Content-Type": "application/json", "X-Alert-Transition-Id": str(transition_id)}
+    with Deadline(timeout) as deadline:
+        try:
+            target = urllib.parse.urlsplit(url)
+            if target.scheme not in ("http", "https") or not target.hostname:
+                raise ValueError("not an http or https URL")
+            kind = http.client.HTTPSConnection if target.scheme == "https" else http.client.HTTPConnection
+            conn = kind(target.hostname, target.port, timeout=timeout)
+        except ValueError as error:  # a bad URL or port
+            return f"{type(error).__name__}: {error}"
+        try:
+            conn.connect()
+            deadline.watch(conn.sock)
+            path = (target.path or "/") + (f"?{target.query}" if target.query else "")
+            conn.request("POST", path, body=json.dumps(body).encode(), headers=headers)
+            # The status is the answer; the body is not waited for.
+            status = conn.getresponse().status
+        except (OSError, http.client.HTTPException) as error:  # refused, timed out, reset, cut at the deadline
+            if deadline.expired:
+                return f"no answer within {timeout:g} s"
+            return f"{type(error).__name__}: {error}"
+        finally:
+            conn.close()
     return None if 200 <= status < 300 else f"HTTP {status}"
 
 

@@ -304,7 +304,8 @@ DASHBOARD = {
     "ALERT_WEBHOOK_GIVE_UP_SECONDS": float(os.environ.get("DASHBOARD_ALERT_WEBHOOK_GIVE_UP_SECONDS", "86400")),
     # How often each server process looks at the queue (its own transitions
     # wake it at once), and how long the lease of the one sending lasts
-    # without renewal (at least 3 x the timeout).
+    # without renewal (at least TIMEOUT + max(2 x TIMEOUT, 5 s): a shorter
+    # one is lengthened, with a warning). TIMEOUT bounds a whole POST.
     "ALERT_WEBHOOK_POLL_SECONDS": float(os.environ.get("DASHBOARD_ALERT_WEBHOOK_POLL_SECONDS", "1")),
     "ALERT_WEBHOOK_LEASE_SECONDS": float(os.environ.get("DASHBOARD_ALERT_WEBHOOK_LEASE_SECONDS", "30")),
 }

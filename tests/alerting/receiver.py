@@ -1,9 +1,11 @@
-"""A real local HTTP webhook receiver for the alert tests: records every
-POST, refuses while told to (503), and can answer late."""
+"""Real local HTTP webhook receivers for the alert tests: one records every
+POST, refuses while told to (503), and can answer late; one drips its
+answer a byte at a time."""
 
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -72,3 +74,51 @@ class Receiver:
             if not self.changed.wait_for(lambda: len(self.accepted) >= accepted, timeout):
                 raise AssertionError(f"{len(self.accepted)} of {accepted} delivered; attempts: {self.attempts}")
             return list(self.accepted)
+
+
+class Dripper:
+    """A receiver that reads each POST and then drips a whole, valid 200
+    answer one byte per `interval` seconds: every single read of the sender
+    gets a byte well within any per-read timeout, but the answer as a whole
+    takes len(ANSWER) x interval. Records whether the sender hung up first."""
+
+    ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.requests = 0
+        self.cut_off = threading.Event()  # the sender closed before the whole answer
+        self.answered = threading.Event()  # the whole answer was sent
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/hook"
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return  # closed by __exit__
+            with conn:
+                received = b""
+                while b"\r\n\r\n" not in received:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    received += chunk
+                self.requests += 1
+                try:
+                    for byte in self.ANSWER:
+                        conn.sendall(bytes([byte]))
+                        time.sleep(self.interval)
+                except OSError:
+                    self.cut_off.set()
+                else:
+                    self.answered.set()
+
+    def __enter__(self) -> Dripper:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.listener.close()

@@ -5,6 +5,7 @@ bounded log, and a write path that never waits for the receiver."""
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from typing import Any
 
@@ -14,7 +15,7 @@ from alerting import webhook
 from alerting.models import AlertTransition, WebhookLease
 from metrics import services
 from metrics.schema import get_bucket
-from tests.alerting.receiver import Receiver
+from tests.alerting.receiver import Dripper, Receiver
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -102,6 +103,61 @@ def test_a_receiver_that_answers_late_is_a_timeout_and_retried(queued):
         receiver.delay = 0
         run_until(sender, lambda: pending() == 0)
     assert [b["to"] for b in receiver.accepted][-1] == "firing"
+
+
+def test_a_receiver_that_drips_its_answer_is_cut_off_at_the_deadline(queued, caplog):
+    # Each byte comes within 0.1 s, far within a per-read timeout of 0.5 s;
+    # the whole 200 answer would take about 5.5 s, past a lease of 1.5 s.
+    make_transitions(90)
+    with Dripper(interval=0.1) as dripper:
+        sender = webhook.Sender(config(dripper.url, timeout=0.5, lease=webhook.min_lease(0.5)))
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="alerting.webhook"):
+            assert sender.step() > 0  # a failure: retried after the backoff
+        took = time.monotonic() - started
+        assert dripper.cut_off.wait(5)  # the sender hung up mid-answer
+        assert not dripper.answered.is_set() and dripper.requests == 1
+    [transition] = AlertTransition.objects.all()
+    assert (transition.pending, transition.attempts, transition.delivered_at) == (True, 1, None)
+    assert (sender.delivered, sender.failures) == (0, 1)
+    assert [r.getMessage().split(";")[0] for r in caplog.records] == [
+        f"alert webhook: transition {transition.id} not delivered (no answer within 0.5 s)"
+    ]
+    assert took < 3.0  # generous: the deadline is 0.5 s, the drip 5.5 s
+
+
+def test_a_connection_made_after_the_deadline_is_not_used():
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        with webhook.Deadline(0.01) as deadline:
+            time.sleep(0.2)
+            with (
+                socket.create_connection(listener.getsockname()) as sock,
+                pytest.raises(TimeoutError, match="connected after the deadline"),
+            ):
+                deadline.watch(sock)
+        assert deadline.expired
+
+
+def test_the_lease_outlasts_the_deadline_or_is_lengthened_with_a_warning(settings, caplog):
+    base = {**settings.DASHBOARD, "ALERT_WEBHOOK_URL": "http://127.0.0.1:9/hook"}
+    settings.DASHBOARD = {**base, "ALERT_WEBHOOK_TIMEOUT_SECONDS": 5.0, "ALERT_WEBHOOK_LEASE_SECONDS": 30.0}
+    with caplog.at_level(logging.WARNING, logger="alerting.webhook"):
+        assert (webhook.Config.from_settings().timeout, webhook.Config.from_settings().lease) == (5.0, 30.0)
+        assert caplog.records == []
+        for timeout, lease, least in ((10.0, 29.0, 30.0), (1.0, 3.0, 6.0)):
+            settings.DASHBOARD = {
+                **base,
+                "ALERT_WEBHOOK_TIMEOUT_SECONDS": timeout,
+                "ALERT_WEBHOOK_LEASE_SECONDS": lease,
+            }
+            assert webhook.Config.from_settings().lease == least == webhook.min_lease(timeout)
+        settings.DASHBOARD = {**base, "ALERT_WEBHOOK_TIMEOUT_SECONDS": 0, "ALERT_WEBHOOK_LEASE_SECONDS": 30.0}
+        assert webhook.Config.from_settings().timeout == 5.0
+    assert [r.getMessage() for r in caplog.records] == [
+        "alert webhook: DASHBOARD_ALERT_WEBHOOK_LEASE_SECONDS 29 is too short for a 10 s timeout; using 30",
+        "alert webhook: DASHBOARD_ALERT_WEBHOOK_LEASE_SECONDS 3 is too short for a 1 s timeout; using 6",
+        "alert webhook: DASHBOARD_ALERT_WEBHOOK_TIMEOUT_SECONDS must be a positive number; using 5",
+    ]
 
 
 def test_a_redirect_is_a_failure_not_a_delivery(queued):
