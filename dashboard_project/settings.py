@@ -366,10 +366,12 @@ LOGGING = {
     "disable_existing_loggers": False,
     # DJANGO_LOG_FORMAT: plain (default) or json, one object per line.
     "formatters": {"plain": {"()": "dashboard_project.logformat.from_environment"}},
-    # channels-redis repeats a traceback every second while Redis is down.
+    # channels-redis repeats a traceback every second while Redis is down;
+    # an ingest request's traceback (ingest.views) repeats for every request
+    # while the database is down: once a minute each, with a count.
     # Probes, scrapes and /favicon.ico: no WARNING/ERROR line per request.
     "filters": {
-        "repeats": {"()": "dashboard_project.logfilters.RepeatFilter", "loggers": ["channels_redis"]},
+        "repeats": {"()": "dashboard_project.logfilters.RepeatFilter", "loggers": ["channels_redis", "ingest.views"]},
         "quiet_probes": {"()": "telemetry.logfilters.QuietProbes"},
         # Refused ingest requests (4xx): counted in /metrics, not one line each.
         "quiet_ingest_refusals": {"()": "ingest.logfilters.QuietRefusals"},
