@@ -82,7 +82,7 @@ class AlertWithStateAdmin(AlertAdmin):
     @admin.display(description="state", ordering="status__state")
     def state(self, alert: Alert) -> str:
         try:
-            return str(alert.status.state)  # type: ignore[attr-defined]
+            return str(alert.status.state)
         except AlertStatus.DoesNotExist:
             # Written past the signals (bulk_create): computed, as
             # alert-status does, never stored by a read.
@@ -91,7 +91,7 @@ class AlertWithStateAdmin(AlertAdmin):
     @admin.display(description="since", ordering="status__since")
     def since(self, alert: Alert) -> str:
         try:
-            return ms_text(alert.status.since)  # type: ignore[attr-defined]
+            return ms_text(alert.status.since)
         except AlertStatus.DoesNotExist:
             return ""
 
