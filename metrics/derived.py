@@ -127,9 +127,8 @@ ROWS_PER_STATEMENT = 256
 def reading_added(reading: Reading) -> None:
     """Adds a stored reading to the per-name figures and every tier: one
     upsert each, or, inside `deferred()`, at the end of the block."""
-    pending: list[Reading] | None = getattr(connection, "_derived_pending", None)
-    if pending is not None:
-        pending.append(reading)
+    if deferring():
+        connection._derived_pending.append(reading)  # type: ignore[attr-defined]
     else:
         readings_added([reading])
 
@@ -187,11 +186,14 @@ def deferred() -> Iterator[None]:
     instead of two per reading (a store.transaction, pipelined inserts, an
     ingest batch). Anything that subtracts or reads the figures within the
     block calls `flush()` first. Leaving the block by an exception drops
-    them: the transaction around it is being rolled back."""
+    them: the transaction around it is being rolled back. Readings saved
+    inside a savepoint opened within the block are added at once instead:
+    that savepoint may be rolled back alone, and take them with it."""
     if getattr(connection, "_derived_pending", None) is not None:
         yield  # nested: the outer block adds them
         return
     connection._derived_pending = []  # type: ignore[attr-defined]
+    connection._derived_depth = _savepoints()  # type: ignore[attr-defined]
     try:
         yield
         flush()
@@ -212,9 +214,17 @@ def flush() -> None:
 
 
 def deferring() -> bool:
-    """True inside a `deferred()` block: new readings are added at its end
-    (and `readings_added_in_bulk` sent then)."""
-    return getattr(connection, "_derived_pending", None) is not None
+    """True inside a `deferred()` block, outside any savepoint opened within
+    it: new readings are added at its end (and `readings_added_in_bulk` sent
+    then)."""
+    return (
+        getattr(connection, "_derived_pending", None) is not None and _savepoints() == connection._derived_depth  # type: ignore[attr-defined]
+    )
+
+
+def _savepoints() -> int:
+    # Django notes an atomic block nested without a savepoint as None.
+    return sum(1 for sid in connection.savepoint_ids if sid is not None)
 
 
 def reading_removed(reading: Reading) -> None:

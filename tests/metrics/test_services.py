@@ -426,3 +426,17 @@ def test_a_failed_transaction_leaves_no_gathered_figures_behind():
         services.transaction_run(operations=[op("insert", data=row("a", 1)), op("update", key="missing", data={})])
     services.record_insert(bucket=METRICS, data=row("b", 2))
     assert derived.stored_stats() == {"b": (1, 2.0, 2.0, 2.0, 2.0, "%")}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_savepoint_rolled_back_inside_a_deferred_block_takes_its_readings_with_it():
+    from metrics import derived
+
+    with transaction.atomic(), derived.deferred():
+        Metric.objects.create(name="kept", value=1, unit="%", timestamp=1)
+        with pytest.raises(RuntimeError), transaction.atomic():  # a savepoint
+            Metric.objects.create(name="gone", value=2, unit="%", timestamp=2)
+            raise RuntimeError("rolled back alone")
+        Metric.objects.create(name="kept", value=3, unit="%", timestamp=3)
+    assert derived.stored_stats() == derived.recomputed_stats() == {"kept": (2, 4.0, 1.0, 3.0, 3.0, "%")}
+    assert set(derived.stored_rollups()) == {("kept", res, 0) for res in derived.TIERS}
