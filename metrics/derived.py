@@ -217,9 +217,9 @@ def deferring() -> bool:
     """True inside a `deferred()` block, outside any savepoint opened within
     it: new readings are added at its end (and `readings_added_in_bulk` sent
     then)."""
-    return (
-        getattr(connection, "_derived_pending", None) is not None and _savepoints() == connection._derived_depth  # type: ignore[attr-defined]
-    )
+    if getattr(connection, "_derived_pending", None) is None:
+        return False
+    return _savepoints() == connection._derived_depth  # type: ignore[attr-defined]
 
 
 def _savepoints() -> int:
