@@ -41,7 +41,7 @@ class Checkpointer(threading.Thread):
         self.path = path
         self.interval = interval
         self.runs = 0
-        # Set after each run, for whoever waits for one (tests, shutdown).
+        # Notified after each run, for whoever waits for one (the tests).
         self.ran = threading.Condition()
         self._stop_requested = threading.Event()
         self._last_logged = 0.0
