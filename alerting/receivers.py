@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models.signals import post_delete, post_save, pre_save
+from django.db.models.signals import post_delete, post_save
 
 from metrics import derived
 from metrics.models import Alert, Metric
@@ -15,19 +15,13 @@ from metrics.signals import readings_added_in_bulk, rows_removed_in_bulk
 from . import evaluation
 
 
-def _metric_before_save(sender: Any, instance: Metric, **kwargs: Any) -> None:
-    # An edited reading may have changed its name: the old name's alerts
-    # must be evaluated too. New readings (the hot path) cost nothing here.
-    if instance._state.adding or instance.seq is None:
-        return
-    old = Metric._default_manager.filter(seq=instance.seq).values_list("name", flat=True).first()
-    instance._alerting_old_name = old  # type: ignore[attr-defined]
-
-
 def _metric_saved(sender: Any, instance: Metric, created: bool = False, **kwargs: Any) -> None:
     if created and derived.deferring():
         return  # a batch: evaluated once per name when it ends (_added_in_bulk)
-    old = getattr(instance, "_alerting_old_name", None)
+    # An edited reading may have changed its name: the old name's alerts
+    # must be evaluated too (metrics.derived read the stored row before the save).
+    before = derived.reading_before_save(instance)
+    old = None if before is None else before.name
     names = [instance.name] if old is None or old == instance.name else [instance.name, old]
     evaluation.readings_changed(names)
 
@@ -55,7 +49,6 @@ def _removed_in_bulk(sender: Any, names: list[str] | None, **kwargs: Any) -> Non
 
 
 def connect() -> None:
-    pre_save.connect(_metric_before_save, sender=Metric, dispatch_uid="alerting-metric-before-save")
     post_save.connect(_metric_saved, sender=Metric, dispatch_uid="alerting-metric-saved")
     post_delete.connect(_metric_deleted, sender=Metric, dispatch_uid="alerting-metric-deleted")
     post_save.connect(_alert_saved, sender=Alert, dispatch_uid="alerting-alert-saved")

@@ -137,11 +137,12 @@ def _names(instance: Any) -> list[str] | None:
     """The metric names a saved or deleted reading changes: its name, and on
     an update its name before (metrics.derived reads the stored row before
     each update)."""
+    from .derived import reading_before_save
     from .models import Metric
 
     if not isinstance(instance, Metric):
         return None
-    before = getattr(instance, "_reading_before_save", None)
+    before = reading_before_save(instance)
     return [instance.name] if before is None else [instance.name, before.name]
 
 

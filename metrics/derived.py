@@ -143,10 +143,7 @@ def readings_added(readings: list[Reading]) -> None:
         if figures is None:
             stats[r.name] = [r.name, 1, r.value, r.value, r.value, r.seq, r.value, r.unit]
         else:
-            figures[1] += 1
-            figures[2] += r.value
-            figures[3] = min(figures[3], r.value)
-            figures[4] = max(figures[4], r.value)
+            _fold(figures, 1, r.value)
             if r.seq > figures[5]:
                 figures[5:8] = [r.seq, r.value, r.unit]
         if not bucketed(r.timestamp):
@@ -158,16 +155,21 @@ def readings_added(readings: list[Reading]) -> None:
             if bucket is None:
                 buckets[key] = [*key, 1, r.value, r.value, r.value]
             else:
-                bucket[3] += 1
-                bucket[4] += r.value
-                bucket[5] = min(bucket[5], r.value)
-                bucket[6] = max(bucket[6], r.value)
+                _fold(bucket, 3, r.value)
     stats_rows, bucket_rows = list(stats.values()), list(buckets.values())
     with connection.cursor() as cursor:
         for chunk in _chunks(stats_rows):
             cursor.execute(_stats_upsert(connection.vendor, len(chunk)), _flat(chunk))
         for chunk in _chunks(bucket_rows):
             cursor.execute(_tiers_upsert(connection.vendor, len(chunk)), _flat(chunk))
+
+
+def _fold(figures: list[Any], at: int, value: float) -> None:
+    """Adds one reading's value to the count, sum, min and max at figures[at:at + 4]."""
+    figures[at] += 1
+    figures[at + 1] += value
+    figures[at + 2] = min(figures[at + 2], value)
+    figures[at + 3] = max(figures[at + 3], value)
 
 
 def _chunks(rows: list[list[Any]]) -> Iterator[list[list[Any]]]:
@@ -497,8 +499,15 @@ def _as_reading(instance: Metric) -> Reading:
     return Reading(instance.seq, instance.name, float(instance.value), instance.unit or "", float(instance.timestamp))
 
 
+def reading_before_save(instance: Metric) -> Reading | None:
+    """The stored reading that the save of `instance` replaced (read, and
+    locked on PostgreSQL, by the pre_save receiver below), or None for a new
+    one. For receivers of the save signals that need the old name."""
+    return getattr(instance, "_reading_before_save", None)
+
+
 def _after_save(sender: Any, instance: Metric, **kwargs: Any) -> None:
-    previous = getattr(instance, "_reading_before_save", None)
+    previous = reading_before_save(instance)
     if previous is not None:
         reading_removed(previous)
     reading_added(_as_reading(instance))
