@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -35,15 +36,22 @@ def state_of(value: float | None, threshold: float) -> str:
     return FIRING if value > threshold else OK
 
 
+# Names per query of the watched alerts (a batch of readings names up to
+# MAX_TRANSACTION_OPERATIONS metrics).
+NAMES_PER_QUERY = 100
+
+
 @functools.cache
-def _statements(vendor: str) -> tuple[str, str]:
+def _statements(vendor: str, names: int = 1) -> tuple[str, str]:
     # PostgreSQL: the status rows are locked, so two transactions writing
     # readings of one name evaluate one after the other, and the second sees
-    # the first's reading. SQLite has one writer at a time already.
+    # the first's reading. Rows are locked in the order returned, (metric,
+    # alert_id), the same in every transaction. SQLite has one writer at a
+    # time already.
     lock = " FOR UPDATE" if vendor == "postgresql" else ""
     watched = (
-        f"SELECT alert_id, alert_key, threshold, severity, state, value FROM {STATUS} "
-        f"WHERE metric = %s ORDER BY alert_id{lock}"
+        f"SELECT metric, alert_id, alert_key, threshold, severity, state, value FROM {STATUS} "
+        f"WHERE metric IN ({', '.join(['%s'] * names)}) ORDER BY metric, alert_id{lock}"
     )
     newest = f"SELECT value FROM {connection.ops.quote_name(METRIC)} WHERE name = %s ORDER BY seq DESC LIMIT 1"
     return watched, newest
@@ -89,28 +97,36 @@ def _record(alert: Snapshot, before: str, after: str, value: float | None, at: i
 
 def readings_changed(names: Iterable[str]) -> None:
     """Re-evaluates the alerts on these metric names: a reading of each was
-    written or removed in the current transaction (already in the table)."""
-    watched_sql, _ = _statements(connection.vendor)
+    written or removed in the current transaction (already in the table).
+    One indexed query per 100 names finds their alerts; names without
+    alerts cost nothing more."""
+    wanted = sorted(set(names))
     with connection.cursor() as cursor:
-        for name in names:
-            cursor.execute(watched_sql, [name])
-            rows = cursor.fetchall()
-            if not rows:
-                continue
-            value = newest_value(name)
-            now = store.now_ms()
-            for alert_id, key, threshold, severity, state, old_value in rows:
-                after = state_of(value, threshold)
-                if after == state and old_value == value:
-                    continue
-                if after != state:
-                    _record(Snapshot(key, name, threshold, severity), state, after, value, now)
-                    cursor.execute(
-                        f"UPDATE {STATUS} SET state = %s, since = %s, value = %s WHERE alert_id = %s",
-                        [after, now, value, alert_id],
-                    )
-                else:
-                    cursor.execute(f"UPDATE {STATUS} SET value = %s WHERE alert_id = %s", [value, alert_id])
+        for first in range(0, len(wanted), NAMES_PER_QUERY):
+            chunk = wanted[first : first + NAMES_PER_QUERY]
+            cursor.execute(_statements(connection.vendor, len(chunk))[0], chunk)
+            watched: dict[str, list[tuple]] = {}
+            for name, *alert in cursor.fetchall():
+                watched.setdefault(name, []).append(tuple(alert))
+            for name, alerts in watched.items():
+                _evaluate_name(cursor, name, alerts)
+
+
+def _evaluate_name(cursor: Any, name: str, alerts: list[tuple]) -> None:
+    value = newest_value(name)
+    now = store.now_ms()
+    for alert_id, key, threshold, severity, state, old_value in alerts:
+        after = state_of(value, threshold)
+        if after == state and old_value == value:
+            continue
+        if after != state:
+            _record(Snapshot(key, name, threshold, severity), state, after, value, now)
+            cursor.execute(
+                f"UPDATE {STATUS} SET state = %s, since = %s, value = %s WHERE alert_id = %s",
+                [after, now, value, alert_id],
+            )
+        else:
+            cursor.execute(f"UPDATE {STATUS} SET value = %s WHERE alert_id = %s", [value, alert_id])
 
 
 def all_readings_changed() -> None:

@@ -133,6 +133,19 @@ def reading_added(reading: Reading) -> None:
         readings_added([reading])
 
 
+def readings_inserted(readings: list[Reading]) -> None:
+    """New readings written without Model.save (the services' multi-row
+    insert): what the save signals' receivers do for each, for all of them.
+    Inside `deferred()` they join the block's readings; otherwise they are
+    added now, and the tables that follow each name's newest reading are told
+    through `readings_added_in_bulk`."""
+    if deferring():
+        connection._derived_pending.extend(readings)  # type: ignore[attr-defined]
+        return
+    readings_added(readings)
+    readings_added_in_bulk.send(sender=Metric, names=sorted({r.name for r in readings}))
+
+
 def readings_added(readings: list[Reading]) -> None:
     """Adds stored readings to the per-name figures and every tier, summed per
     name and per tier bucket first: one upsert per table (per 256 rows)."""
@@ -495,7 +508,8 @@ def _before_save(sender: Any, instance: Metric, **kwargs: Any) -> None:
     instance._reading_before_save = previous  # type: ignore[attr-defined]
 
 
-def _as_reading(instance: Metric) -> Reading:
+def as_reading(instance: Metric) -> Reading:
+    """A saved reading's figures, as the derived tables count them."""
     return Reading(instance.seq, instance.name, float(instance.value), instance.unit or "", float(instance.timestamp))
 
 
@@ -510,11 +524,11 @@ def _after_save(sender: Any, instance: Metric, **kwargs: Any) -> None:
     previous = reading_before_save(instance)
     if previous is not None:
         reading_removed(previous)
-    reading_added(_as_reading(instance))
+    reading_added(as_reading(instance))
 
 
 def _after_delete(sender: Any, instance: Metric, **kwargs: Any) -> None:
-    reading_removed(_as_reading(instance))
+    reading_removed(as_reading(instance))
 
 
 def connect_model_signals() -> None:

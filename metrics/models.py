@@ -29,9 +29,14 @@ class BucketRecord(models.Model):
         ordering = ["seq"]
 
     def save(self, *args, **kwargs) -> None:
-        # Every write path (services, the admin, a shell) bumps the version
-        # here, so (seq, version) identifies a record's content: the read
-        # cache in selectors relies on it.
+        self.stamp()
+        super().save(*args, **kwargs)
+
+    def stamp(self) -> None:
+        """Sets the key, version and times for the write about to happen.
+        Every write path (save: services, the admin, a shell; the services'
+        multi-row insert) comes here, so (seq, version) identifies a record's
+        content: the read cache in metrics.records relies on it."""
         now = now_ms()
         if self._state.adding:
             self.key = self.key or str(uuid.uuid4())
@@ -41,7 +46,6 @@ class BucketRecord(models.Model):
         else:
             self.version += 1
             self.updated_at = now
-        super().save(*args, **kwargs)
 
 
 class Metric(BucketRecord):

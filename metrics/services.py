@@ -7,15 +7,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import IntegrityError, connection, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 
 from . import derived, selectors
 from .changes import note_change, note_saved
 from .errors import CONFLICT, NOT_FOUND, StoreError
 from .models import Metric
 from .records import Record, from_instance
-from .schema import BucketSchema, validate_insert, validate_update
+from .schema import BUCKETS, BucketSchema, validate_insert, validate_update
 from .signals import rows_removed_in_bulk
+
+METRICS = BUCKETS["metrics"]
 
 
 def _key_text(key: Any) -> str:
@@ -40,6 +42,44 @@ def _insert_valid(bucket: BucketSchema, columns: dict[str, Any]) -> Record:
             {"bucket": bucket.name, "key": key},
         ) from None
     return _saved(bucket, instance)
+
+
+class _BatchFailed(Exception):
+    """A multi-row insert failed in the database: which row did is unknown."""
+
+
+def _batchable(bucket: BucketSchema, data: Any) -> bool:
+    """A new reading whose key the server makes: it can share a multi-row
+    INSERT with others (no key a client chose can be taken; alerts' own save
+    receivers need Model.save)."""
+    return (
+        bucket.model is Metric
+        and isinstance(data, dict)
+        and data.get(bucket.key_field) is None
+        and connection.features.can_return_rows_from_bulk_insert
+    )
+
+
+def _insert_many(bucket: BucketSchema, rows: list[dict[str, Any]]) -> list[Record]:
+    """Validated new readings (server-made keys) in one multi-row INSERT, the
+    work of Model.save's receivers done for all of them at once: one
+    statement instead of one per reading (a store.transaction of a
+    collector's readings, an ingest batch). The receivers are those of
+    metrics.derived, metrics.changes and alerting; a test lists every
+    receiver of Metric's save signals, so that a new one is added here too."""
+    instances = [bucket.model(**columns) for columns in rows]
+    for instance in instances:
+        instance.stamp()
+    try:
+        bucket.model._default_manager.bulk_create(instances)
+    except DatabaseError as error:
+        raise _BatchFailed from error
+    derived.readings_inserted([derived.as_reading(instance) for instance in instances])
+    records = []
+    for instance in instances:
+        note_change(bucket.name, instance.key, [instance.name])
+        records.append(_saved(bucket, instance))
+    return records
 
 
 def _not_found(bucket: BucketSchema, key: Any) -> StoreError:
@@ -116,7 +156,7 @@ def record_insert_each(*, items: list[tuple[BucketSchema, dict[str, Any]]]) -> l
     if len(valid) > 1:
         try:
             with transaction.atomic(), derived.deferred():
-                written = [_insert_valid(bucket, columns) for _index, bucket, columns in valid]
+                written = _insert_in_order([(bucket, columns, items[index][1]) for index, bucket, columns in valid])
         except Exception:
             pass  # rolled back whole; one at a time below
         else:
@@ -130,6 +170,24 @@ def record_insert_each(*, items: list[tuple[BucketSchema, dict[str, Any]]]) -> l
         except Exception as error:
             outcomes[index] = error
     return outcomes
+
+
+def _insert_in_order(inserts: list[tuple[BucketSchema, dict[str, Any], Any]]) -> list[Record]:
+    """(bucket, validated columns, the data as sent) written in order; runs of
+    readings with server-made keys share one multi-row INSERT."""
+    written: list[Record] = []
+    run: list[dict[str, Any]] = []
+    for bucket, columns, data in inserts:
+        if _batchable(bucket, data):
+            run.append(columns)
+            continue
+        if run:
+            written += _insert_many(METRICS, run)
+            run = []
+        written.append(_insert_valid(bucket, columns))
+    if run:
+        written += _insert_many(METRICS, run)
+    return written
 
 
 # Placeholder while a batch is written; replaced before record_insert_each returns.
@@ -181,16 +239,43 @@ class OperationFailed(StoreError):
 
 def transaction_run(*, operations: list[Operation]) -> dict[str, Any]:
     """All or nothing: the first failing operation rolls everything back."""
+    try:
+        return _transaction(operations, batched=True)
+    except _BatchFailed:
+        # The database refused a multi-row insert without saying which row:
+        # everything was rolled back, and the transaction runs again one
+        # operation at a time, so that the error names its operation.
+        return _transaction(operations, batched=False)
+
+
+def _transaction(operations: list[Operation], *, batched: bool) -> dict[str, Any]:
     results: list[dict[str, Any]] = []
+    # New readings with server-made keys wait here and are written together
+    # (_insert_many) before the next other operation, which may read them,
+    # and at the end; validation still fails at the operation's own index.
+    waiting: list[tuple[int, dict[str, Any]]] = []
+
+    def write_waiting() -> None:
+        if waiting:
+            for (index, _columns), record in zip(waiting, _insert_many(METRICS, [c for _i, c in waiting]), strict=True):
+                results[index]["data"] = record
+            waiting.clear()
+
     # The inserts' per-name figures and tiers are added in one upsert per
     # table at the end; any other operation may read or subtract from them.
     with transaction.atomic(), derived.deferred():
         for index, operation in enumerate(operations):
-            if operation.op != "insert":
-                derived.flush()
             try:
+                if batched and operation.op == "insert" and _batchable(operation.bucket, operation.args["data"]):
+                    waiting.append((index, validate_insert(operation.bucket, operation.args["data"])))
+                    results.append({"index": index, "data": None})
+                    continue
+                write_waiting()
+                if operation.op != "insert":
+                    derived.flush()
                 data = TRANSACTION_OPS[operation.op](operation.bucket, operation.args)
             except StoreError as error:
                 raise OperationFailed(index, error) from error
             results.append({"index": index, "data": data})
+        write_waiting()
     return {"results": results}

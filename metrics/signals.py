@@ -14,5 +14,6 @@ rows_removed_in_bulk = Signal()
 # Sent by metrics.derived when the new readings of a `deferred()` block (a
 # store.transaction, pipelined inserts, an ingest batch) are added to the
 # per-name figures, inside the writing transaction, with `names`: their names,
-# sorted. Readings written outside such a block send post_save only.
+# sorted; and by the services' multi-row insert outside such a block.
+# Readings saved one at a time outside such a block send post_save only.
 readings_added_in_bulk = Signal()

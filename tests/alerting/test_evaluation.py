@@ -321,9 +321,17 @@ def test_an_alert_in_a_batch_sees_the_readings_before_it():
     assert status() == [("a1", "firing", 91)] and moves() == [("a1", "no-data", "firing", 90)]
 
 
-def test_a_batch_costs_one_alerting_query_per_name():
+def test_a_batch_looks_up_alerts_once_per_100_names():
     alert("cpu", 50)
     with CaptureQueriesContext(connection) as queries:
         services.transaction_run(operations=[insert_op(f"n{i % 3}", i) for i in range(60)])
     alerting = [q["sql"] for q in queries.captured_queries if "alerting_" in q["sql"]]
-    assert len(alerting) == 3, alerting
+    assert len(alerting) == 1 and "WHERE metric IN ('n0', 'n1', 'n2')" in alerting[0], alerting
+
+    names = ["cpu", *(f"m{i:03d}" for i in range(149))]
+    with CaptureQueriesContext(connection) as queries:
+        services.transaction_run(operations=[insert_op(name, 60) for name in names])
+    lookups = [q["sql"] for q in queries.captured_queries if "FROM alerting_alertstatus WHERE metric IN" in q["sql"]]
+    assert [sql.count("'") // 2 for sql in lookups] == [100, 50]  # names quoted in the captured SQL
+    # The one watched name among them was evaluated: cpu went from no-data to firing.
+    assert status() == [("a1", "firing", 60)]
