@@ -60,25 +60,25 @@ def _batchable(bucket: BucketSchema, data: Any) -> bool:
     )
 
 
-def _insert_many(bucket: BucketSchema, rows: list[dict[str, Any]]) -> list[Record]:
+def _insert_many(rows: list[dict[str, Any]]) -> list[Record]:
     """Validated new readings (server-made keys) in one multi-row INSERT, the
     work of Model.save's receivers done for all of them at once: one
     statement instead of one per reading (a store.transaction of a
     collector's readings, an ingest batch). The receivers are those of
     metrics.derived, metrics.changes and alerting; a test lists every
     receiver of Metric's save signals, so that a new one is added here too."""
-    instances = [bucket.model(**columns) for columns in rows]
+    instances = [Metric(**columns) for columns in rows]
     for instance in instances:
         instance.stamp()
     try:
-        bucket.model._default_manager.bulk_create(instances)
+        Metric.objects.bulk_create(instances)
     except DatabaseError as error:
         raise _BatchFailed from error
     derived.readings_inserted([derived.as_reading(instance) for instance in instances])
     records = []
     for instance in instances:
-        note_change(bucket.name, instance.key, [instance.name])
-        records.append(_saved(bucket, instance))
+        note_change(METRICS.name, instance.key, [instance.name])
+        records.append(_saved(METRICS, instance))
     return records
 
 
@@ -182,11 +182,11 @@ def _insert_in_order(inserts: list[tuple[BucketSchema, dict[str, Any], Any]]) ->
             run.append(columns)
             continue
         if run:
-            written += _insert_many(METRICS, run)
+            written += _insert_many(run)
             run = []
         written.append(_insert_valid(bucket, columns))
     if run:
-        written += _insert_many(METRICS, run)
+        written += _insert_many(run)
     return written
 
 
@@ -257,7 +257,7 @@ def _transaction(operations: list[Operation], *, batched: bool) -> dict[str, Any
 
     def write_waiting() -> None:
         if waiting:
-            for (index, _columns), record in zip(waiting, _insert_many(METRICS, [c for _i, c in waiting]), strict=True):
+            for (index, _columns), record in zip(waiting, _insert_many([c for _i, c in waiting]), strict=True):
                 results[index]["data"] = record
             waiting.clear()
 
