@@ -10,8 +10,9 @@ and each size, with one uvicorn server process (DEBUG off, the in-memory layer, 
   1. Migrate an empty database and seed the demo tokens, then preload `metrics_metric` by SQL
      from this process (SQLite: executemany in large transactions with synchronous=OFF;
      PostgreSQL: COPY, then VACUUM ANALYZE as autovacuum would soon do): 12 host-collector-like
-     names, one reading per name per second (--spacing-ms), timestamps ending at the load's start,
-     so 10M readings span 9.6 days.  Then `manage.py rebuild_aggregates` (the derived tables from the raw
+     names, one reading per name per second (--spacing-ms; by default 5 s at 10,000 readings,
+     which at 1 s would not fill the page's 1-hour charts: see spacing_for), timestamps ending at
+     the load's start, so 10M readings span 9.6 days.  Then `manage.py rebuild_aggregates` (the derived tables from the raw
      readings), then a checkpoint (SQLite's WAL, PostgreSQL's dirty buffers), so that the
      measured phase does not write out the load.  Load, rebuild and checkpoint times are reported.  The server starts pinned to core 0; this
      process pins itself to core 1 from then on.
@@ -27,6 +28,8 @@ and each size, with one uvicorn server process (DEBUG off, the in-memory layer, 
      whose result reflects it (recognized by content: the count, the stats' total count, the
      newest record's timestamp, a series' bucket count), coalescing included.  A sliding series
      also pushes on its own timer; such pushes reflect no new write and are counted apart.
+     Just before the writes, a fixed CPU loop is timed on each core: the machine's speed
+     at that moment (this virtual machine sometimes runs everything about twice as slowly).
 
 Checks (exit status 1 in any mode when one fails): every result has the documented shape and
 equals a recomputation from the raw table by this process's own SQL (initial results before the
@@ -207,7 +210,7 @@ class Grid:
 
     size: int
     end_ms: int
-    spacing_ms: int = 1000
+    spacing_ms: int | None = None  # None: spacing_for(size)
 
     @property
     def seconds(self) -> int:
@@ -654,6 +657,7 @@ class Options:
 class Case:
     database: str
     size: int
+    spacing_ms: int = 0  # set when the case's readings are made
     figures: dict[str, JSON] = field(default_factory=dict)
     first_results: dict[str, list[float]] = field(default_factory=dict)  # label -> seconds per repeat
     subs: dict[str, SubFigures] = field(default_factory=dict)
@@ -675,6 +679,20 @@ def case_env(url: str) -> dict[str, str]:
         DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
         DJANGO_LOG_LEVEL=os.environ.get("DJANGO_LOG_LEVEL", "WARNING"),
     )
+
+
+def spacing_for(size: int, options: Options) -> int:
+    """ms between a name's preloaded readings: --spacing-ms, else 1 s (the collector's) or,
+    for a size whose readings would not fill the page's 1-hour charts at 1 s, the smallest
+    whole second that does. The CPU target compares sizes: at 1 s, 10,000 readings fill 14
+    minutes of each chart (84 of its 360 buckets), so its charts, pushed after every write,
+    would be a quarter of the size they are at 1,000,000 and 10,000,000 readings (before
+    issue 12 the charts showed a name's newest 500 readings, as many at 10,000 as at any size)."""
+    if options.spacing_ms is not None:
+        return options.spacing_ms
+    per_name = max(1, size // len(NAMES))
+    seconds = -(-SERIES_LAST_MS // (per_name * 1000))
+    return max(1, seconds) * 1000
 
 
 def pin(core: int | None) -> None:
@@ -699,7 +717,8 @@ def run_case(kind: str, size: int, options: Options) -> Case:
         database.create()
         env = case_env(database.url)
         servers.prepare_database(env, force=True, python=servers.PYTHON)
-        grid = Grid(size, now_ms(), options.spacing_ms)
+        grid = Grid(size, now_ms(), spacing_for(size, options))
+        case.spacing_ms = grid.spacing_ms
         started = time.perf_counter()
         database.load(grid)
         case.figures["load_s"] = round(time.perf_counter() - started, 1)
@@ -832,6 +851,20 @@ def transaction(index: int, ts: int, grid: Grid) -> tuple[list[dict[str, JSON]],
     return [{"op": "insert", "bucket": "metrics", "data": item} for item in data], tuple(NAMES[i] for i in picks)
 
 
+def fixed_loop_s() -> float:
+    """CPU seconds of a fixed piece of pure Python on this process's core, the
+    fastest of 5: the same on a machine running at its usual speed. Cases on
+    this 2-core virtual machine sometimes ran everything (server and client
+    alike) about twice as slowly, with no other process busy and no steal
+    time reported; this figure tells such cases apart."""
+    best = math.inf
+    for _ in range(5):
+        started = time.process_time()
+        sum(i * i for i in range(200_000))
+        best = min(best, time.process_time() - started)
+    return best
+
+
 def start_profiler(py_spy: str | None, server: servers.Server, name: str) -> subprocess.Popen[bytes] | None:
     """py-spy recording the server (all threads: the database thread evaluates) until interrupted."""
     if not py_spy:
@@ -870,6 +903,11 @@ async def measure(
         writes: list[Write] = []
         pendings = []
         backends = BackendMeter(database) if database.kind == "postgres" else None
+        # The machine's speed just before the phase, on both cores (the server is idle now).
+        pin(0)
+        case.figures["loop_ms_server_core"] = ms(fixed_loop_s())
+        pin(1)
+        case.figures["loop_ms_client_core"] = ms(fixed_loop_s())
         profiler = start_profiler(options.py_spy, server, f"{case.database}-{case.size}")
         meter = PhaseMeter([server.pid])
         meter.start()
@@ -907,6 +945,7 @@ async def measure(
             return True
 
         reached, phase = await await_final([viewer], is_final, meter, options.timeout)
+        case.figures["loop_ms_client_core_after"] = ms(fixed_loop_s())
         db_cpu = backends.seconds() if backends else None
         meter.stop()
         if profiler is not None:
@@ -1000,6 +1039,13 @@ def case_rows(case: Case) -> list[tuple[str, str]]:
         )
     rows.append(
         (
+            "fixed CPU loop before the phase on the server / client core, after it on the client core",
+            f"{fmt_ms(f.get('loop_ms_server_core'))} / {fmt_ms(f.get('loop_ms_client_core'))}, "
+            f"{fmt_ms(f.get('loop_ms_client_core_after'))} ms",
+        )
+    )
+    rows.append(
+        (
             "phase / client CPU ratio / foreign CPU server core, client core, machine",
             f"{f.get('phase_s', '-')} s / {f.get('client_cpu_ratio', '-')} / "
             f"{f.get('foreign_cpu_server_core_s', '-')}, {f.get('foreign_cpu_client_core_s', '-')}, "
@@ -1018,7 +1064,7 @@ def case_json(case: Case, revision: str, options: Options) -> dict[str, JSON]:
         "revision": revision,
         "smoke": options.smoke,
         "seconds": options.seconds,
-        "spacing_ms": options.spacing_ms,
+        "spacing_ms": case.spacing_ms,
         "figures": case.figures,
         "first_results_ms": {label: [ms(s) for s in samples] for label, samples in case.first_results.items()},
         "pushes": {
@@ -1144,9 +1190,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--spacing-ms",
         type=int,
-        default=1000,
-        help="ms between a name's preloaded readings (default 1000, a 1 s collector; 5000 lets 10,000 "
-        "readings fill the page's 1-hour charts, so that every size draws charts of the same size)",
+        default=None,
+        help="ms between a name's preloaded readings, for every size (default: 1000, a 1 s collector, "
+        "or more where a size is too small to fill the page's 1-hour charts: 5000 for 10,000)",
     )
     parser.add_argument(
         "--py-spy",
@@ -1188,7 +1234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             width = max(len(name) for name, _ in rows)
             print(
                 f"\nS5 {kind}, {size:,} readings, code {rev}, {options.seconds:g} s of writes at "
-                f"{TX_PER_S:g} transactions/s of {INSERTS_PER_TX}, preloaded {options.spacing_ms} ms apart per name"
+                f"{TX_PER_S:g} transactions/s of {INSERTS_PER_TX}, preloaded {case.spacing_ms} ms apart per name"
             )
             for name, value in rows:
                 print(f"  {name:<{width}}  {value}")

@@ -7,27 +7,17 @@ asserted here.)"""
 from __future__ import annotations
 
 import json
-import subprocess
-from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.multiprocess
+from .runner import run_benchmark
 
-PROJECT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.multiprocess
 
 
 def test_benchmark_s5_passes_its_checks_at_smoke_size():
-    result = subprocess.run(
-        ["bash", "bench/run_s5.sh", "--smoke", "--databases", "sqlite"],
-        cwd=PROJECT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        stdin=subprocess.DEVNULL,
-    )
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    [line] = [line for line in result.stdout.splitlines() if line.startswith("BENCH_JSON ")]
+    output = run_benchmark(["bash", "bench/run_s5.sh", "--smoke", "--databases", "sqlite"], 600)
+    [line] = [line for line in output.splitlines() if line.startswith("BENCH_JSON ")]
     case = json.loads(line.removeprefix("BENCH_JSON "))
     assert case["ok"] and case["size"] == 10_000, case["failures"]
     # Every query of the page was measured and got every write's push (none skipped for an error).

@@ -5,26 +5,17 @@ viewer ends with the final result and the push counts follow the rules.
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.multiprocess
+from .runner import run_benchmark
 
-PROJECT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.multiprocess
 
 
 def test_benchmark_scenarios_pass_their_checks_at_smoke_size():
-    result = subprocess.run(
-        ["bash", "bench/run.sh", "uvicorn", "S1,S2,S3,S4", "--smoke", "--runs", "1"],
-        cwd=PROJECT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        stdin=subprocess.DEVNULL,
-    )
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    assert result.stdout.count('"ok":true') == 4, result.stdout[-4000:]
+    output = run_benchmark(["bash", "bench/run.sh", "uvicorn", "S1,S2,S3,S4", "--smoke", "--runs", "1"], 600)
+    assert output.count('"ok":true') == 4, output[-4000:]
 
 
 def test_the_quiet_machine_check_names_a_busy_process_and_skips_excluded_ones():
