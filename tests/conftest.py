@@ -85,6 +85,23 @@ class Client:
         return await self.ok("auth.login", token=token)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_session_left_on_the_test_database(django_db_setup, django_db_blocker):
+    """Threads other than the test's own (the database thread of Channels,
+    Django's threads for sync views) keep their connections open
+    (CONN_MAX_AGE), and PostgreSQL will not drop a database that has
+    sessions: they are ended before the test database is dropped."""
+    yield
+    with django_db_blocker.unblock():
+        connection = connections["default"]
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+
+
 @pytest.fixture(autouse=True)
 def fresh_process_state():
     """Each test runs on its own event loop: give it its own layer and hub."""
