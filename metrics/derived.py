@@ -141,9 +141,8 @@ def readings_inserted(readings: list[Reading]) -> None:
     through `readings_added_in_bulk`."""
     if deferring():
         connection._derived_pending.extend(readings)  # type: ignore[attr-defined]
-        return
-    readings_added(readings)
-    readings_added_in_bulk.send(sender=Metric, names=sorted({r.name for r in readings}))
+    else:
+        _added_together(readings)
 
 
 def readings_added(readings: list[Reading]) -> None:
@@ -222,10 +221,14 @@ def flush() -> None:
     if pending:
         readings = pending[:]
         pending.clear()
-        readings_added(readings)
-        # Tables that follow each name's newest reading (alert states) are
-        # brought up to date once per name here, not once per reading.
-        readings_added_in_bulk.send(sender=Metric, names=sorted({r.name for r in readings}))
+        _added_together(readings)
+
+
+def _added_together(readings: list[Reading]) -> None:
+    readings_added(readings)
+    # Tables that follow each name's newest reading (alert states) are
+    # brought up to date once per name here, not once per reading.
+    readings_added_in_bulk.send(sender=Metric, names=sorted({r.name for r in readings}))
 
 
 def deferring() -> bool:
