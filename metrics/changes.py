@@ -40,8 +40,8 @@ class ChangeSet:
         # Records the services wrote, for the read cache once committed.
         self.saved: list[tuple[str, int, Any]] = []
 
-    def add(self, bucket: str, key: str | None, names: Iterable[str] | None = None) -> None:
-        _merge(self.buckets, bucket, None if key is None else (key,), MAX_KEYS_PER_BUCKET)
+    def add(self, bucket: str, keys: Iterable[str] | None, names: Iterable[str] | None = None) -> None:
+        _merge(self.buckets, bucket, keys, MAX_KEYS_PER_BUCKET)
         _merge(self.names, bucket, names, MAX_NAMES_PER_BUCKET)
 
     def summary(self) -> dict[str, list[str] | None]:
@@ -74,10 +74,15 @@ def _merge(into: dict[str, set[str] | None], bucket: str, items: Iterable[str] |
 def note_change(bucket: str, key: str | None, names: Iterable[str] | None = None) -> None:
     """Record that `bucket` (the record `key`, or all of it) changed; `names`,
     the metric names whose readings it changed, when known."""
+    note_changes(bucket, None if key is None else (key,), names)
+
+
+def note_changes(bucket: str, keys: Iterable[str] | None, names: Iterable[str] | None = None) -> None:
+    """`note_change` for many records at once (a multi-row insert)."""
     if not connection.in_atomic_block:
         # Autocommit: the write is already committed.
         single = ChangeSet()
-        single.add(bucket, key, names)
+        single.add(bucket, keys, names)
         single.publish()
         return
     pending: ChangeSet | None = getattr(connection, "_dashboard_changes", None)
@@ -87,7 +92,7 @@ def note_change(bucket: str, key: str | None, names: Iterable[str] | None = None
         pending = ChangeSet()
         connection._dashboard_changes = pending  # type: ignore[attr-defined]
         transaction.on_commit(pending.publish)
-    pending.add(bucket, key, names)
+    pending.add(bucket, keys, names)
 
 
 def note_saved(bucket: str, seq: int, record: Any) -> None:

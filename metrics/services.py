@@ -10,7 +10,7 @@ from typing import Any
 from django.db import DatabaseError, IntegrityError, connection, transaction
 
 from . import derived, selectors
-from .changes import note_change, note_saved
+from .changes import note_change, note_changes, note_saved
 from .errors import CONFLICT, NOT_FOUND, StoreError
 from .models import Metric
 from .records import Record, from_instance
@@ -75,11 +75,8 @@ def _insert_many(rows: list[dict[str, Any]]) -> list[Record]:
     except DatabaseError as error:
         raise _BatchFailed from error
     derived.readings_inserted([derived.as_reading(instance) for instance in instances])
-    records = []
-    for instance in instances:
-        note_change(METRICS.name, instance.key, [instance.name])
-        records.append(_saved(METRICS, instance))
-    return records
+    note_changes(METRICS.name, [i.key for i in instances], {i.name for i in instances})
+    return [_saved(METRICS, instance) for instance in instances]
 
 
 def _not_found(bucket: BucketSchema, key: Any) -> StoreError:
